@@ -1,0 +1,52 @@
+"""Suite-wide guard: any unexpected ERROR record fails the test.
+
+That covers Tornado's "Uncaught exception", asyncio's "Task was destroyed but it
+is pending!" and "exception was never retrieved" (both are logged at ERROR by the
+loop's exception handler). A test that expects an error record says so with
+``@pytest.mark.allow_error_log(r"regex")`` and asserts on it through ``caplog``.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import re
+from collections.abc import Iterator
+
+import pytest
+
+
+class _ErrorCollector(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture(autouse=True)
+def fail_on_error_logs(request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    caplog.set_level(logging.INFO)
+    allowed = [
+        re.compile(pattern)
+        for marker in request.node.iter_markers("allow_error_log")
+        for pattern in marker.args
+    ]
+    collector = _ErrorCollector()
+    root = logging.getLogger()
+    root.addHandler(collector)
+    try:
+        yield
+    finally:
+        # Pending tasks and unretrieved exceptions are reported when collected.
+        gc.collect()
+        root.removeHandler(collector)
+    unexpected = [
+        record
+        for record in collector.records
+        if not any(pattern.search(record.getMessage()) for pattern in allowed)
+    ]
+    if unexpected:
+        lines = "\n".join(f"{r.name} {r.levelname}: {r.getMessage()}" for r in unexpected)
+        pytest.fail(f"unexpected ERROR log records:\n{lines}", pytrace=False)

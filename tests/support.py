@@ -1,0 +1,70 @@
+"""Shared test plumbing: a probe that handlers report to, and log helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from typing import Any
+
+import pytest
+import tornado.web
+
+from tornado_jsonservlet import CancelOnDisconnectMixin
+
+
+class Probe:
+    """What a test handler did, in order, plus events a test can wait for."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.suspended = asyncio.Event()
+        self.finished = asyncio.Event()
+        self.values: dict[str, Any] = {}
+
+    def hit(self, name: str) -> None:
+        self.events.append(name)
+
+    def count(self, name: str) -> int:
+        return Counter(self.events)[name]
+
+    async def wait_suspended(self, timeout: float = 5.0) -> None:
+        await asyncio.wait_for(self.suspended.wait(), timeout)
+
+    async def wait_finished(self, timeout: float = 5.0) -> None:
+        await asyncio.wait_for(self.finished.wait(), timeout)
+
+
+class ProbeHandler(CancelOnDisconnectMixin, tornado.web.RequestHandler):
+    """Reports its life cycle to a :class:`Probe`."""
+
+    probe: Probe
+
+    def initialize(self, probe: Probe) -> None:
+        self.probe = probe
+
+    def on_disconnect(self) -> None:
+        self.probe.hit("on_disconnect")
+
+    def on_finish(self) -> None:
+        self.probe.hit("on_finish")
+        self.probe.values["status"] = self.get_status()
+        self.probe.finished.set()
+
+
+def access_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "tornado.access"]
+
+
+def access_statuses(caplog: pytest.LogCaptureFixture) -> list[int]:
+    return [int(line.split()[0]) for line in access_lines(caplog)]
+
+
+def messages(caplog: pytest.LogCaptureFixture, level: int = logging.DEBUG) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= level]
+
+
+async def settle(rounds: int = 5) -> None:
+    """Let already-scheduled callbacks run (a handful of loop iterations)."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)

@@ -1,0 +1,205 @@
+"""Whether the client is still there: the one source of truth.
+
+Tornado reports a departed client through ``RequestHandler.on_connection_close``,
+and only while the handler is still working on the response. That hook is fragile
+to build on:
+
+* subclasses override it without calling ``super()`` (Tornado's own test handlers
+  do), so a mixin that relies on its ``super()`` chain silently stops hearing about
+  disconnects;
+* a client that sends its request and resets the connection at once can be gone
+  before Tornado registers the callback, which then never fires;
+* a ``@stream_request_body`` handler whose client leaves mid-upload is abandoned
+  by Tornado without ever being finished, so the request is never logged.
+
+:class:`ClientConnectionMixin` closes those gaps and keeps the answer in a single
+flag. Every other part of the toolkit (safe output, cancellation) asks it rather
+than keeping its own notion of "gone": two mixins with two flags disagree exactly
+when it matters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from typing import Any, Callable, Optional
+
+import tornado.httputil
+import tornado.web
+
+__all__ = ["CLIENT_CLOSED_REQUEST", "ClientConnectionMixin"]
+
+#: Status recorded for a request whose client left before the response was sent.
+#: It is never sent (there is nobody to send it to); it exists for the access log
+#: and metrics, following the nginx convention.
+CLIENT_CLOSED_REQUEST = 499
+CLIENT_CLOSED_REASON = "Client Closed Request"
+
+log = logging.getLogger("tornado_jsonservlet")
+
+_WATCHES_CLOSE = "_tornado_jsonservlet_watches_close"
+
+
+def _watch_connection_close(
+    user_hook: Callable[[Any], None],
+) -> Callable[[ClientConnectionMixin], None]:
+    """Wrap a subclass's ``on_connection_close`` so detection cannot be skipped.
+
+    The wrapper records the disconnect first (so the subclass's hook already sees
+    ``client_disconnected``), then runs the subclass's hook, then Tornado's own,
+    which an override without ``super()`` would otherwise drop. Tornado's hook is
+    idempotent, so running it twice when the override does call ``super()`` is safe.
+    """
+
+    @functools.wraps(user_hook)
+    def on_connection_close(self: ClientConnectionMixin) -> None:
+        self._connection_closed()
+        user_hook(self)
+        tornado.web.RequestHandler.on_connection_close(self)
+
+    setattr(on_connection_close, _WATCHES_CLOSE, True)
+    return on_connection_close
+
+
+class ClientConnectionMixin(tornado.web.RequestHandler):
+    """Tracks whether the client left before the response was finished.
+
+    A client counts as gone when, before ``finish()``:
+
+    * Tornado calls ``on_connection_close`` (FIN or RST while the handler works,
+      or during a streamed upload), even if a subclass overrides it without
+      ``super()``;
+    * the connection is already closed when the handler is created: nothing but
+      the client can have closed it at that point;
+    * a write fails with ``StreamClosedError`` (reported by the safe-output layer).
+
+    A stream that Tornado closes itself, for instance on a Content-Length
+    mismatch, is a server error and is *not* counted.
+
+    While the client is connected this mixin changes nothing about the handler.
+    """
+
+    # Per-request state lives in class-level defaults that are shadowed on first
+    # change, so a request whose client stays costs no extra allocations.
+    _client_gone: bool = False
+    _stream_closed_by_server: bool = False
+    _disconnect_callbacks: Optional[list[tuple[Callable[..., object], tuple[Any, ...]]]] = None
+    _disconnect_waiter: Optional[asyncio.Future[None]] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        hook = cls.on_connection_close
+        if not getattr(hook, _WATCHES_CLOSE, False):
+            cls.on_connection_close = _watch_connection_close(hook)  # type: ignore[method-assign,assignment]
+
+    def __init__(
+        self,
+        application: tornado.web.Application,
+        request: tornado.httputil.HTTPServerRequest,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(application, request, **kwargs)
+        # A client that sends its request and resets at once can close the stream
+        # before Tornado registers its close callback; that callback then never
+        # fires. Before the handler has written anything, only the client can have
+        # closed the stream, so a closed stream here is a disconnect.
+        stream = getattr(request.connection, "stream", None)
+        if stream is not None and stream.closed():
+            self._client_left()
+
+    # -- public API ------------------------------------------------------------
+
+    @property
+    def client_disconnected(self) -> bool:
+        """True once the client has gone away before the response was finished."""
+        return self._client_gone
+
+    def wait_for_disconnect(self) -> asyncio.Future[None]:
+        """Return an awaitable that completes when the client disconnects.
+
+        It never completes if the request finishes first. Each call returns its own
+        shielded view, so cancelling one waiter does not affect the others.
+        """
+        waiter = self._disconnect_waiter
+        if waiter is None:
+            waiter = self._disconnect_waiter = asyncio.get_running_loop().create_future()
+            if self._client_gone:
+                waiter.set_result(None)
+        return asyncio.shield(waiter)
+
+    def add_disconnect_callback(self, callback: Callable[..., object], *args: Any) -> None:
+        """Run ``callback(*args)`` once if, and only if, the client disconnects first.
+
+        Registered after the disconnect, the callback runs at once; registered after
+        the request finished normally, it never runs.
+        """
+        if self._client_gone:
+            self._run_disconnect_callback(callback, args)
+        elif not self._finished:
+            if self._disconnect_callbacks is None:
+                self._disconnect_callbacks = []
+            self._disconnect_callbacks.append((callback, args))
+
+    def on_disconnect(self) -> None:
+        """Override to react when the client disconnects. Called at most once.
+
+        Unlike ``on_connection_close``, it is also called for a client that was gone
+        before the handler started, and for a write that found the stream closed.
+        """
+
+    def on_connection_close(self) -> None:
+        self._connection_closed()
+        super().on_connection_close()
+
+    # -- machinery -------------------------------------------------------------
+
+    def _connection_closed(self) -> None:
+        """Tornado reported the connection closed while the handler was working."""
+        self._client_left()
+        # Tornado abandons a streamed upload whose client leaves: ``_execute``
+        # returns without finishing, so nothing would log the request. Only the
+        # stream-body future says whether the handler is still waiting for data.
+        body = getattr(self.request, "_body_future", None)
+        if body is not None and not body.done() and hasattr(self, "_transforms"):
+            self._finish_as_disconnected()
+
+    def _client_left(self) -> None:
+        """Record the disconnect. Idempotent; ignored once the request finished."""
+        if self._client_gone or self._finished or self._stream_closed_by_server:
+            return
+        self._client_gone = True
+        if self._disconnect_waiter is not None and not self._disconnect_waiter.done():
+            self._disconnect_waiter.set_result(None)
+        self._on_client_left()
+
+    def _on_client_left(self) -> None:
+        """Extension point for other mixins; runs once, right after the flag is set."""
+        try:
+            self.on_disconnect()
+        except Exception:
+            log.error("Exception in on_disconnect of %r", self, exc_info=True)
+        callbacks, self._disconnect_callbacks = self._disconnect_callbacks, None
+        for callback, args in callbacks or ():
+            self._run_disconnect_callback(callback, args)
+
+    def _run_disconnect_callback(
+        self, callback: Callable[..., object], args: tuple[Any, ...]
+    ) -> None:
+        try:
+            callback(*args)
+        except Exception:
+            log.error("Exception in disconnect callback %r", callback, exc_info=True)
+
+    def _finish_as_disconnected(self) -> None:
+        """Finish a request whose client left: nothing is sent, one 499 is logged.
+
+        Goes through the normal ``finish()`` machinery below the toolkit's mixins so
+        ``on_finish`` and the access log run exactly as for any other request.
+        """
+        if self._finished:
+            return
+        self.clear()
+        self.set_status(CLIENT_CLOSED_REQUEST, CLIENT_CLOSED_REASON)
+        super().finish()
+        self._disconnect_callbacks = None
