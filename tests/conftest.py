@@ -26,7 +26,9 @@ class _ErrorCollector(logging.Handler):
 
 
 @pytest.fixture(autouse=True)
-def fail_on_error_logs(request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+def fail_on_error_logs(
+    request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> Iterator[None]:
     caplog.set_level(logging.INFO)
     allowed = [
         re.compile(pattern)

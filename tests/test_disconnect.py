@@ -7,6 +7,8 @@ import logging
 from typing import Any
 
 import pytest
+import tornado.httpserver
+import tornado.testing
 import tornado.web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from tornado.iostream import StreamClosedError
@@ -135,6 +137,7 @@ class UploadHandler(ProbeHandler):
 
     async def post(self) -> None:
         self.probe.hit("post")
+        self.probe.values.setdefault("posted", asyncio.Event()).set()
         await asyncio.sleep(float(self.get_argument("wait", "0")))
         self.write(str(self.received))
 
@@ -441,9 +444,8 @@ async def test_disconnect_during_streamed_upload(port, probe, caplog, how):
 async def test_disconnect_after_upload_cancels_the_verb(port, probe, caplog, how):
     conn = await RawHTTPConnection.open(port)
     await conn.send_request("POST", "/upload?wait=5", body=b"z" * 1000)
-    await probe.wait_suspended()
-    while probe.count("post") == 0:
-        await asyncio.sleep(0.01)
+    posted = probe.values.setdefault("posted", asyncio.Event())
+    await asyncio.wait_for(posted.wait(), 5)
     conn.close(how)
     await probe.wait_finished()
     assert access_statuses(caplog) == [499]
@@ -524,6 +526,37 @@ async def test_client_that_resets_right_after_sending(port, probe, caplog):
     assert probe.count("finally") == probe.count("started")
 
 
+class EarlyPostHandler(ProbeHandler):
+    async def post(self) -> None:
+        self.probe.hit("post")
+        await asyncio.sleep(0.5)
+        self.probe.hit("after-await")
+
+
+async def test_client_gone_before_handler_starts_never_runs_the_verb(probe, caplog):
+    # With a body timeout, Tornado takes one more loop turn between reading the
+    # body and creating the handler: an RST that lands right after the last body
+    # byte is processed in between, before the close callback exists. The
+    # handler is then created on an already-closed stream.
+    app = tornado.web.Application([("/early", EarlyPostHandler, {"probe": probe})])
+    server = tornado.httpserver.HTTPServer(app, body_timeout=10)
+    sock, port = tornado.testing.bind_unused_port()
+    server.add_socket(sock)
+    try:
+        conn = await RawHTTPConnection.open(port)
+        await conn.send_raw(b"POST /early HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n")
+        await asyncio.sleep(0.05)
+        await conn.send_raw(b"body")
+        conn.close("rst")
+        await probe.wait_finished()
+        await settle()
+    finally:
+        server.stop()
+        await server.close_all_connections()
+    assert probe.events == ["on_disconnect", "on_finish"]
+    assert access_statuses(caplog) == [499]
+
+
 @HOW
 async def test_on_connection_close_override_without_super(port, probe, caplog, how):
     await leave_while_suspended(port, probe, "/nosuper", how)
@@ -580,7 +613,9 @@ async def test_error_raised_after_disconnect_is_logged_as_499_not_400(port, prob
 # -- while connected, exactly Tornado -----------------------------------------------
 
 
-async def test_connected_request_is_plain_tornado(http_client: AsyncHTTPClient, base_url, probe, caplog):
+async def test_connected_request_is_plain_tornado(
+    http_client: AsyncHTTPClient, base_url, probe, caplog
+):
     response = await http_client.fetch(base_url + "/slow?wait=0.01")
     assert response.code == 200
     assert response.body == b"done"

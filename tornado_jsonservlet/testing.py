@@ -47,7 +47,8 @@ class RawHTTPConnection:
         data = body.encode() if isinstance(body, str) else body
         all_headers = {"Host": "127.0.0.1"}
         if data or content_length is not None or method in ("POST", "PUT", "PATCH"):
-            all_headers["Content-Length"] = str(len(data) if content_length is None else content_length)
+            length = len(data) if content_length is None else content_length
+            all_headers["Content-Length"] = str(length)
         all_headers.update(headers or {})
         head = f"{method} {path} HTTP/1.1\r\n" + "".join(
             f"{name}: {value}\r\n" for name, value in all_headers.items()

@@ -1,0 +1,125 @@
+"""The seed scenario, end to end: demo_server.py with clients that leave mid-request."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import tornado.web
+
+import demo_server
+from tests.support import access_statuses, messages
+from tornado_jsonservlet.testing import RawHTTPConnection
+
+pytestmark = pytest.mark.gen_test
+
+ROOT = Path(demo_server.__file__).resolve().parent
+WORK = "doing application stuff..."
+CLEANUP = "doing some application clean up..."
+
+
+@pytest.fixture
+def app() -> tornado.web.Application:
+    return demo_server.make_app()
+
+
+async def wait_for_message(caplog: pytest.LogCaptureFixture, text: str, timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in messages(caplog):
+        assert time.monotonic() < deadline, f"{text!r} never logged"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize(
+    ("query", "how"),
+    [
+        ("delay=3", "fin"),
+        ("delay=3&error=yes", "fin"),
+        ("delay=3", "rst"),
+        ("delay=3&error=yes", "rst"),
+    ],
+)
+async def test_client_killed_mid_request(http_server, http_port, caplog, query, how):
+    conn = await RawHTTPConnection.open(http_port)
+    await conn.send_request("GET", f"/?{query}")
+    await asyncio.sleep(0.5)
+    conn.close(how)
+    await wait_for_message(caplog, CLEANUP)
+    await asyncio.sleep(0.05)
+    assert messages(caplog).count(CLEANUP) == 1
+    assert WORK not in messages(caplog)
+    assert access_statuses(caplog) == [499]
+
+
+@pytest.mark.parametrize(
+    ("query", "code", "body"), [("delay=0.05", 200, b"ok!\n"), ("delay=0.05&error=yes", 400, None)]
+)
+async def test_connected_client_gets_the_work(http_client, base_url, caplog, query, code, body):
+    response = await http_client.fetch(f"{base_url}/?{query}", raise_error=False)
+    assert response.code == code
+    if body is not None:
+        assert response.body == body
+    assert messages(caplog).count(WORK) == 1
+    assert messages(caplog).count(CLEANUP) == 1
+    assert access_statuses(caplog) == [code]
+
+
+@pytest.mark.parametrize("delay", ["abc", "-1", "nan", "1e9", "inf", ""])
+async def test_bad_delay_is_a_clear_400(http_client, base_url, caplog, delay):
+    response = await http_client.fetch(f"{base_url}/?delay={delay}", raise_error=False)
+    assert response.code == 400
+    assert b"delay must be a number of seconds" in response.body
+    assert WORK not in messages(caplog)
+    assert messages(caplog).count(CLEANUP) == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("how", ["fin", "rst"])
+def test_command_line_demo_reproduces_the_seed_scenario(how):
+    """Run it exactly as the README says and kill a client mid-request."""
+    port = _free_port()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    server = subprocess.Popen(
+        [sys.executable, "demo_server.py", f"--port={port}", "--logging=debug"],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            assert time.monotonic() < deadline, "demo server did not start"
+            try:
+                client = socket.create_connection(("127.0.0.1", port), timeout=1)
+                break
+            except OSError:
+                time.sleep(0.05)
+        client.sendall(b"GET /?delay=3 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        time.sleep(0.5)
+        if how == "rst":
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        time.sleep(0.5)
+    finally:
+        server.terminate()
+        _, log = server.communicate(timeout=10)
+    assert log.count(CLEANUP) == 1, log
+    assert WORK not in log
+    assert re.search(r"\[W [^\]]*\] 499 GET /\?delay=3 \(127\.0\.0\.1\)", log), log
+    assert "[E " not in log, log
+    assert "Traceback" not in log, log
