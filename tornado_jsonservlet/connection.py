@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional
 import tornado.httputil
 import tornado.web
 
-__all__ = ["CLIENT_CLOSED_REQUEST", "ClientConnectionMixin"]
+__all__ = ["CLIENT_CLOSED_REQUEST", "ClientConnectionMixin", "abort_response"]
 
 #: Status recorded for a request whose client left before the response was sent.
 #: It is never sent (there is nobody to send it to); it exists for the access log
@@ -39,6 +39,23 @@ CLIENT_CLOSED_REASON = "Client Closed Request"
 log = logging.getLogger("tornado_jsonservlet")
 
 _WATCHES_CLOSE = "_tornado_jsonservlet_watches_close"
+
+
+def abort_response(handler: tornado.web.RequestHandler) -> None:
+    """Close the connection without completing the response, then finish the request.
+
+    For an error that happens after the headers went out: finishing normally would
+    end a chunked body cleanly and hand the client a corrupt "success". A close
+    leaves the response visibly truncated. The close is the server's decision, so a
+    :class:`ClientConnectionMixin` does not count it as a client disconnect.
+    """
+    if isinstance(handler, ClientConnectionMixin):
+        handler._stream_closed_by_server = True
+    stream = getattr(handler.request.connection, "stream", None)
+    if stream is not None:
+        stream.close()
+    if not handler._finished:
+        handler.finish()
 
 
 def _watch_connection_close(
