@@ -26,7 +26,15 @@ import tornado.options
 import tornado.web
 from tornado.options import define, options
 
-from tornado_jsonservlet import CancelOnDisconnectMixin
+from tornado_jsonservlet import (
+    BadRequest,
+    CancelOnDisconnectMixin,
+    HtmlErrorMixin,
+    JsonErrorMixin,
+    NegotiatedErrorMixin,
+    NotFound,
+    TooManyRequests,
+)
 
 define("port", default=8888, help="port to listen on", type=int)
 define("address", default="127.0.0.1", help="address to bind (loopback by default)")
@@ -64,8 +72,48 @@ class DelayedWorkHandler(CancelOnDisconnectMixin, tornado.web.RequestHandler):
         return delay
 
 
+class ErrorShowcase(tornado.web.RequestHandler):
+    """``GET /errors/{json,html,negotiated}?kind=...``: one error of each kind.
+
+    ``kind`` is ``notfound``, ``ratelimit``, ``bug`` (an unexpected exception: a
+    bare 500 that leaks nothing) or ``echo`` (``msg`` is shown back, escaped).
+    """
+
+    def get(self) -> None:
+        kind = self.get_argument("kind", "notfound")
+        if kind == "notfound":
+            raise NotFound("No such widget")
+        if kind == "ratelimit":
+            raise TooManyRequests("Slow down", retry_after=2)
+        if kind == "bug":
+            raise RuntimeError("internal detail that must never reach the client")
+        if kind == "echo":
+            raise BadRequest(f"You said: {self.get_argument('msg', '')}")
+        raise BadRequest("kind must be one of notfound, ratelimit, bug, echo", "INVALID_PARAM")
+
+
+class JsonErrorShowcase(JsonErrorMixin, ErrorShowcase):
+    pass
+
+
+class HtmlErrorShowcase(HtmlErrorMixin, ErrorShowcase):
+    pass
+
+
+class NegotiatedErrorShowcase(NegotiatedErrorMixin, ErrorShowcase):
+    pass
+
+
 def make_app(**settings: object) -> tornado.web.Application:
-    return tornado.web.Application([(r"/", DelayedWorkHandler)], **settings)
+    return tornado.web.Application(
+        [
+            (r"/", DelayedWorkHandler),
+            (r"/errors/json", JsonErrorShowcase),
+            (r"/errors/html", HtmlErrorShowcase),
+            (r"/errors/negotiated", NegotiatedErrorShowcase),
+        ],
+        **settings,
+    )
 
 
 def main() -> None:

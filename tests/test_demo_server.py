@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import socket
@@ -123,3 +124,37 @@ def test_command_line_demo_reproduces_the_seed_scenario(how):
     assert re.search(r"\[W [^\]]*\] 499 GET /\?delay=3 \(127\.0\.0\.1\)", log), log
     assert "[E " not in log, log
     assert "Traceback" not in log, log
+
+
+@pytest.mark.parametrize(
+    ("path", "accept", "content_type"),
+    [
+        ("/errors/json", "text/html", "application/json"),
+        ("/errors/html", "application/json", "text/html"),
+        ("/errors/negotiated", "application/json", "application/json"),
+        ("/errors/negotiated", "text/html", "text/html"),
+    ],
+)
+async def test_error_showcase_routes(http_client, base_url, path, accept, content_type):
+    response = await http_client.fetch(
+        f"{base_url}{path}?kind=echo&msg=%3Cscript%3E",
+        headers={"Accept": accept},
+        raise_error=False,
+    )
+    assert response.code == 400
+    assert response.headers["Content-Type"].startswith(content_type)
+    if content_type == "text/html":
+        assert b"<script>" not in response.body
+        assert b"You said: &lt;script&gt;" in response.body
+    else:  # served as JSON with nosniff: the text is data, not markup
+        assert json.loads(response.body) == {
+            "errcode": "BAD_REQUEST",
+            "error": "You said: <script>",
+        }
+
+
+@pytest.mark.allow_error_log(r"Uncaught exception GET /errors/json", r"^500 GET /errors/json")
+async def test_error_showcase_bug_leaks_nothing(http_client, base_url):
+    response = await http_client.fetch(f"{base_url}/errors/json?kind=bug", raise_error=False)
+    assert response.code == 500
+    assert json.loads(response.body) == {"errcode": "UNKNOWN", "error": "Internal server error"}

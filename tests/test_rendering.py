@@ -290,12 +290,12 @@ def test_redirect_statuses(kwargs, status):
 
 
 def test_redirect_rejects_header_injection():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="CR, LF"):
         RedirectError("/x\r\nSet-Cookie: a=b")
 
 
 def test_too_many_requests_rejects_negative_retry():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="non-negative"):
         TooManyRequests(retry_after=-1)
 
 
@@ -310,7 +310,8 @@ async def test_json_error_status_errcode_and_headers(http_client, base_url, case
     assert response.code == status
     body = json.loads(response.body)
     assert body["errcode"] == errcode
-    assert isinstance(body["error"], str) and body["error"]
+    assert isinstance(body["error"], str)
+    assert body["error"]
     assert response.headers["Content-Type"] == "application/json; charset=UTF-8"
     assert response.headers["Cache-Control"] == "no-cache, no-store, must-revalidate"
     assert response.headers["X-Content-Type-Options"] == "nosniff"
