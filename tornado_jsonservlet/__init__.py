@@ -7,7 +7,10 @@ The parts, each in its own module and usable alone:
 * :mod:`~tornado_jsonservlet.disconnect` -- cancelling in-flight work on disconnect;
 * :mod:`~tornado_jsonservlet.errors` -- errors with machine-readable codes;
 * :mod:`~tornado_jsonservlet.rendering` -- JSON/HTML/negotiated error responses;
-* :mod:`~tornado_jsonservlet.cors` -- CORS headers on successes and errors alike.
+* :mod:`~tornado_jsonservlet.cors` -- CORS headers on successes and errors alike;
+* :mod:`~tornado_jsonservlet.jsonio` -- fast, strict JSON encoding and decoding;
+* :mod:`~tornado_jsonservlet.json_handlers` -- ``write_json`` and ``json_body``;
+* :mod:`~tornado_jsonservlet.lowpriority` -- the lane that keeps big encodes off the hot path.
 """
 
 from .connection import CLIENT_CLOSED_REQUEST, ClientConnectionMixin
@@ -27,6 +30,8 @@ from .errors import (
     UnsupportedMediaType,
     errcode_for_status,
 )
+from .json_handlers import JsonBodyMixin, JsonResponseMixin, require
+from .jsonio import active_backend, decode, encode
 from .rendering import HtmlErrorMixin, JsonErrorMixin, NegotiatedErrorMixin
 from .safe_output import SafeWriteMixin
 
@@ -41,7 +46,9 @@ __all__ = [
     "CorsMixin",
     "Forbidden",
     "HtmlErrorMixin",
+    "JsonBodyMixin",
     "JsonErrorMixin",
+    "JsonResponseMixin",
     "MethodNotAllowed",
     "NegotiatedErrorMixin",
     "NotFound",
@@ -53,6 +60,10 @@ __all__ = [
     "Unauthorized",
     "UnsupportedMediaType",
     "__version__",
+    "active_backend",
+    "decode",
+    "encode",
     "errcode_for_status",
+    "require",
     "uncancellable",
 ]
