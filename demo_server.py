@@ -21,6 +21,7 @@ import asyncio
 import logging
 import math
 
+import tornado.escape
 import tornado.ioloop
 import tornado.options
 import tornado.web
@@ -30,10 +31,15 @@ from tornado_jsonservlet import (
     BadRequest,
     CancelOnDisconnectMixin,
     HtmlErrorMixin,
+    HtmlServlet,
+    InMemoryMetrics,
     JsonErrorMixin,
+    JsonServlet,
     NegotiatedErrorMixin,
     NotFound,
+    ServletRegistry,
     TooManyRequests,
+    require,
 )
 
 define("port", default=8888, help="port to listen on", type=int)
@@ -104,13 +110,97 @@ class NegotiatedErrorShowcase(NegotiatedErrorMixin, ErrorShowcase):
     pass
 
 
+# -- the /api/v1 JSON API, built with the servlet registry -----------------------
+
+MAX_BIG_ITEMS = 1_000_000
+
+
+class EchoServlet(JsonServlet):
+    """``GET /api/v1/echo/{n:int}`` echoes the converted parameter; ``POST`` echoes JSON."""
+
+    PATTERNS = ("/echo/{n:int}",)
+
+    def on_GET(self, n: int) -> dict[str, object]:
+        return {"n": n, "type": type(n).__name__, "doubled": n * 2}
+
+    def on_POST(self, n: int) -> tuple[int, dict[str, object]]:
+        body = self.json_body
+        return 201, {"n": n, "name": require(body, "name", str), "body": body}
+
+
+class SlowServlet(JsonServlet):
+    """``GET /api/v1/slow?delay=S``: cancelled at its await if the client leaves."""
+
+    PATTERNS = ("/slow",)
+
+    async def on_GET(self) -> dict[str, object]:
+        delay = _bounded_float(self.get_argument("delay", "2"), "delay", 0, MAX_DELAY_SECONDS)
+        try:
+            await asyncio.sleep(delay)
+            app_log.info("slow: work done after %.2fs", delay)
+            return {"slept": delay}
+        finally:
+            app_log.info("slow: clean up")
+
+
+class BigServlet(JsonServlet):
+    """``GET /api/v1/big?items=N``: a large JSON document, encoded without blocking the loop."""
+
+    PATTERNS = ("/big",)
+
+    async def on_GET(self) -> dict[str, object]:
+        count = int(_bounded_float(self.get_argument("items", "10000"), "items", 0, MAX_BIG_ITEMS))
+        items = [{"id": i, "name": f"item {i}", "even": i % 2 == 0} for i in range(count)]
+        return {"count": count, "items": items}
+
+
+class HelloPage(HtmlServlet):
+    """``GET /api/v1/hello/{name}``: an HTML page (the name is escaped)."""
+
+    PATTERNS = ("/hello/{name}",)
+
+    def on_GET(self, name: str) -> str:
+        safe_name = tornado.escape.xhtml_escape(name)
+        return f"<!DOCTYPE html><title>Hello</title><h1>Hello, {safe_name}!</h1>"
+
+
+def _bounded_float(raw: str, name: str, low: float, high: float) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not low <= value <= high:
+        raise BadRequest(
+            f"{name} must be a number from {low:g} to {high:g}", "INVALID_PARAM", param=name
+        )
+    return value
+
+
+def make_registry(metrics: InMemoryMetrics | None = None) -> ServletRegistry:
+    registry = ServletRegistry(metrics=metrics)
+    for servlet in (EchoServlet, SlowServlet, BigServlet, HelloPage):
+        registry.register(servlet)
+
+    @registry.route("/metrics")
+    def metrics_view(handler: JsonServlet) -> dict[str, object]:
+        if metrics is None:
+            return {}
+        return {
+            f"{name} {status}": count for (name, status), count in sorted(metrics.requests.items())
+        }
+
+    return registry
+
+
 def make_app(**settings: object) -> tornado.web.Application:
+    registry = make_registry(InMemoryMetrics())
     return tornado.web.Application(
         [
             (r"/", DelayedWorkHandler),
             (r"/errors/json", JsonErrorShowcase),
             (r"/errors/html", HtmlErrorShowcase),
             (r"/errors/negotiated", NegotiatedErrorShowcase),
+            *registry.urlspecs("/api/v1"),
         ],
         **settings,
     )

@@ -10,7 +10,10 @@ The parts, each in its own module and usable alone:
 * :mod:`~tornado_jsonservlet.cors` -- CORS headers on successes and errors alike;
 * :mod:`~tornado_jsonservlet.jsonio` -- fast, strict JSON encoding and decoding;
 * :mod:`~tornado_jsonservlet.json_handlers` -- ``write_json`` and ``json_body``;
-* :mod:`~tornado_jsonservlet.lowpriority` -- the lane that keeps big encodes off the hot path.
+* :mod:`~tornado_jsonservlet.lowpriority` -- the lane that keeps big encodes off the hot path;
+* :mod:`~tornado_jsonservlet.servlet` -- ``on_GET``-style handlers returning ``(status, body)``;
+* :mod:`~tornado_jsonservlet.registry` -- path patterns to ``URLSpec``s;
+* :mod:`~tornado_jsonservlet.metrics` -- per-servlet counts and timings.
 """
 
 from .connection import CLIENT_CLOSED_REQUEST, ClientConnectionMixin
@@ -32,8 +35,11 @@ from .errors import (
 )
 from .json_handlers import JsonBodyMixin, JsonResponseMixin, require
 from .jsonio import active_backend, decode, encode
+from .metrics import InMemoryMetrics, PrometheusMetrics, ServletMetrics
 from .rendering import HtmlErrorMixin, JsonErrorMixin, NegotiatedErrorMixin
+from .registry import ServletRegistry
 from .safe_output import SafeWriteMixin
+from .servlet import HtmlServlet, JsonServlet
 
 __version__ = "0.1.0.dev0"
 
@@ -46,16 +52,22 @@ __all__ = [
     "CorsMixin",
     "Forbidden",
     "HtmlErrorMixin",
+    "HtmlServlet",
+    "InMemoryMetrics",
     "JsonBodyMixin",
     "JsonErrorMixin",
     "JsonResponseMixin",
+    "JsonServlet",
     "MethodNotAllowed",
     "NegotiatedErrorMixin",
     "NotFound",
     "PayloadTooLarge",
+    "PrometheusMetrics",
     "RedirectError",
     "SafeWriteMixin",
     "ServletError",
+    "ServletMetrics",
+    "ServletRegistry",
     "TooManyRequests",
     "Unauthorized",
     "UnsupportedMediaType",

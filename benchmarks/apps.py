@@ -1,0 +1,92 @@
+"""The two servers the benchmarks compare: bare Tornado and the toolkit, same payloads.
+
+Run one with ``python benchmarks/apps.py {bare,toolkit} PORT``. It binds 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+import tornado.web
+
+sys.path.insert(0, __file__.rsplit("/benchmarks/", 1)[0])
+
+from tornado_jsonservlet import (  # noqa: E402
+    CancelOnDisconnectMixin,
+    JsonErrorMixin,
+    JsonResponseMixin,
+    active_backend,
+)
+
+SMALL = {"id": 12345, "name": "widget", "tags": ["a", "b", "c"], "price": 9.99, "active": True}
+
+
+def big_document(target_bytes: int) -> dict[str, Any]:
+    """About ``target_bytes`` of JSON: a list of small records (~100 bytes each)."""
+    count = max(1, target_bytes // 100)
+    return {
+        "count": count,
+        "items": [
+            {"id": i, "name": f"item-{i}", "score": i * 0.5, "tags": ["x", "y"], "ok": i % 2 == 0}
+            for i in range(count)
+        ],
+    }
+
+
+BIG = big_document(1_000_000)
+SIZES: dict[int, dict[str, Any]] = {}
+
+
+def sized(mb: int) -> dict[str, Any]:
+    if mb not in SIZES:
+        SIZES[mb] = big_document(mb * 1_000_000)
+    return SIZES[mb]
+
+
+class BareSmall(tornado.web.RequestHandler):
+    def get(self) -> None:
+        self.write(SMALL)
+
+
+class BareBig(tornado.web.RequestHandler):
+    def get(self) -> None:
+        mb = int(self.get_argument("mb", "0"))
+        self.write(sized(mb) if mb else BIG)
+
+
+class Toolkit(
+    CancelOnDisconnectMixin, JsonErrorMixin, JsonResponseMixin, tornado.web.RequestHandler
+):
+    pass
+
+
+class ToolkitSmall(Toolkit):
+    async def get(self) -> None:
+        await self.write_json(SMALL)
+
+
+class ToolkitBig(Toolkit):
+    async def get(self) -> None:
+        mb = int(self.get_argument("mb", "0"))
+        await self.write_json(sized(mb) if mb else BIG)
+
+
+def make_app(kind: str) -> tornado.web.Application:
+    if kind == "bare":
+        routes = [(r"/small", BareSmall), (r"/big", BareBig)]
+    else:
+        routes = [(r"/small", ToolkitSmall), (r"/big", ToolkitBig)]
+    # Access logging off on both sides: the benchmark measures serving, not logging.
+    return tornado.web.Application(routes, log_function=lambda handler: None)
+
+
+async def main(kind: str, port: int) -> None:
+    make_app(kind).listen(port, address="127.0.0.1")
+    print(f"ready {kind} {active_backend()}", flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], int(sys.argv[2])))

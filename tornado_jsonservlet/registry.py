@@ -1,0 +1,326 @@
+"""The servlet registry: path patterns in, ``tornado.web.URLSpec``s out.
+
+::
+
+    registry = ServletRegistry()
+    registry.register(UserServlet)                          # PATTERNS from the class
+    registry.register(ItemServlet, ["/items/{item_id:int}"], store=store)
+
+    @registry.route("/health")
+    def health(handler):
+        return {"ok": True}
+
+    app = tornado.web.Application(registry.urlspecs("/api/v1") + other_rules)
+
+Pattern rules
+-------------
+* ``{name}`` or ``{name:str}`` matches one path segment; ``{name:int}``,
+  ``{name:float}`` and ``{name:uuid}`` match and convert; ``{name:path}`` matches
+  the rest of the path, slashes included.
+* Values are percent-decoded before conversion. A ``str`` value never contains
+  ``/``: a path whose segment decodes to one (``a%2Fb``) does not match and gets a
+  404, so an encoded slash cannot make a value span two segments. Use ``path`` for
+  values that may contain slashes.
+* A pattern with a named group (``(?P<name>...)``) or starting with ``^`` is a raw
+  regular expression and is used as it is (named groups only; values stay strings).
+* Every pattern is anchored at both ends.
+
+Everything that can be wrong with a registration is reported when it is made, or
+at ``urlspecs()`` at the latest, never while serving: a duplicate
+``(method, pattern)`` or name, an invalid pattern, unknown ``initialize()`` arguments.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import tornado.web
+from tornado.routing import URLSpec
+
+from .errors import NotFound
+from .metrics import ServletMetrics
+from .servlet import ROUTE_KWARG, SERVLET_METHODS, JsonServlet, ServletRoute, implemented_methods
+
+__all__ = ["CONVERTERS", "ServletRegistry"]
+
+#: ``{converter name: (regex, python converter)}``; regexes have no groups, so
+#: Tornado's ``reverse_url`` can rebuild the path.
+CONVERTERS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "str": (r"[^/]+", str),
+    "int": (r"-?[0-9]+", int),
+    "float": (r"-?[0-9]+\.?[0-9]*", float),
+    "uuid": (
+        r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
+        uuid.UUID,
+    ),
+    "path": (r".+", str),
+}
+
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+@dataclass
+class _CompiledPattern:
+    regex: str
+    converters: dict[str, Callable[[str], Any]]
+    segment_params: frozenset[str]
+
+
+def compile_pattern(pattern: str) -> _CompiledPattern:
+    """Turn a template or raw regex into an anchored regex (without the prefix).
+
+    :raises ValueError: describing what is wrong with the pattern.
+    """
+    if not pattern.startswith(("/", "^")):
+        raise ValueError("a pattern must start with '/' (or '^' for a raw regex)")
+    if pattern.startswith("^") or "(?P<" in pattern:
+        regex = pattern[1:] if pattern.startswith("^") else pattern
+        regex = regex[:-1] if regex.endswith("$") else regex
+        compiled = re.compile(regex)
+        if compiled.groups != len(compiled.groupindex):
+            raise ValueError("a raw regex may only use named groups (?P<name>...)")
+        return _CompiledPattern(regex, {}, frozenset())
+    parts: list[str] = []
+    converters: dict[str, Callable[[str], Any]] = {}
+    segment_params: set[str] = set()
+    position = 0
+    for match in _PLACEHOLDER.finditer(pattern):
+        parts.append(re.escape(pattern[position : match.start()]))
+        name, _, kind = match.group(1).partition(":")
+        kind = kind or "str"
+        if not _IDENTIFIER.match(name):
+            raise ValueError(f"{{{match.group(1)}}}: parameter names must be identifiers")
+        if kind not in CONVERTERS:
+            raise ValueError(
+                f"{{{match.group(1)}}}: unknown converter {kind!r} (have {', '.join(CONVERTERS)})"
+            )
+        if name in converters:
+            raise ValueError(f"parameter {name!r} appears twice")
+        regex, converter = CONVERTERS[kind]
+        parts.append(f"(?P<{name}>{regex})")
+        converters[name] = converter
+        if kind == "str":
+            segment_params.add(name)
+        position = match.end()
+    rest = pattern[position:]
+    if "{" in rest or "}" in rest:
+        raise ValueError("unbalanced '{' or '}'")
+    parts.append(re.escape(rest))
+    regex = "".join(parts)
+    re.compile(regex)
+    return _CompiledPattern(regex, converters, frozenset(segment_params))
+
+
+@dataclass
+class _Endpoint:
+    servlet: type[tornado.web.RequestHandler]
+    pattern: str
+    compiled: _CompiledPattern
+    name: str
+    init_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+class _UnrecognizedServlet(JsonServlet):
+    """The catch-all: any unmatched path under the prefix is a JSON 404."""
+
+    servlet_name = "unrecognized"
+
+    async def _dispatch(self, method: str, raw_params: Any) -> None:
+        raise NotFound("Unrecognized request", "UNRECOGNIZED")
+
+    async def options(self, *args: str, **kwargs: str) -> None:
+        raise NotFound("Unrecognized request", "UNRECOGNIZED")
+
+
+class ServletRegistry:
+    """Collects servlets and their patterns; :meth:`urlspecs` builds the URL table."""
+
+    def __init__(self, *, metrics: Optional[ServletMetrics] = None) -> None:
+        self.metrics = metrics
+        self._endpoints: list[_Endpoint] = []
+        self._by_key: dict[tuple[str, str], _Endpoint] = {}  # (method, regex) -> endpoint
+        self._by_name: dict[str, _Endpoint] = {}
+
+    def register(
+        self,
+        servlet_cls: type[tornado.web.RequestHandler],
+        patterns: Optional[Iterable[str]] = None,
+        *,
+        name: Optional[str] = None,
+        **init_kwargs: Any,
+    ) -> None:
+        """Serve ``servlet_cls`` at ``patterns`` (default: its ``PATTERNS``).
+
+        ``init_kwargs`` go to the servlet's ``initialize()``. The first pattern's URLSpec
+        is named ``name`` (default: the servlet's ``servlet_name``); further patterns
+        are named ``name#2``, ``name#3``...
+
+        :raises ValueError: no patterns, an invalid pattern, a ``(method, pattern)`` or
+            name already registered.
+        :raises TypeError: ``init_kwargs`` that ``initialize()`` does not accept.
+        """
+        label = getattr(servlet_cls, "servlet_name", servlet_cls.__name__)
+        pattern_list = list(
+            patterns if patterns is not None else getattr(servlet_cls, "PATTERNS", ())
+        )
+        if isinstance(patterns, str):
+            raise TypeError("patterns must be a list of strings, not a single string")
+        if not pattern_list:
+            raise ValueError(f"{label}: no patterns given and no PATTERNS on the class")
+        try:
+            inspect.signature(servlet_cls.initialize).bind(None, **init_kwargs)
+        except TypeError as error:
+            raise TypeError(
+                f"{label}: initialize() does not accept {sorted(init_kwargs)}: {error}"
+            ) from None
+        base_name = name or label
+        endpoints = []
+        for index, pattern in enumerate(pattern_list):
+            try:
+                compiled = compile_pattern(pattern)
+            except (ValueError, re.error) as error:
+                raise ValueError(f"{label}: invalid pattern {pattern!r}: {error}") from None
+            endpoint_name = base_name if index == 0 else f"{base_name}#{index + 1}"
+            endpoints.append(
+                _Endpoint(servlet_cls, pattern, compiled, endpoint_name, dict(init_kwargs))
+            )
+        self._add(endpoints, implemented_methods(servlet_cls))
+
+    def route(
+        self, template: str, methods: Sequence[str] = ("GET",), *, name: Optional[str] = None
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Serve a plain function, called as ``fn(handler, **params)``.
+
+        It returns like ``on_GET``. Several functions may share one template with
+        different methods.
+        """
+        wanted = tuple(method.upper() for method in methods)
+        unknown = [m for m in wanted if m not in SERVLET_METHODS]
+        if unknown or not wanted:
+            raise ValueError(
+                f"route {template!r}: methods must be among {SERVLET_METHODS}, got {methods!r}"
+            )
+
+        def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+            servlet_name = name or fn.__name__
+            if self._merge_route(template, wanted, fn, name):
+                return fn
+            namespace: dict[str, Any] = {
+                "servlet_name": servlet_name,
+                "__doc__": fn.__doc__,
+                "_from_route": True,
+            }
+            for method in wanted:
+                namespace[f"on_{method}"] = _bound_route(fn)
+            servlet = type(f"Route_{servlet_name}", (JsonServlet,), namespace)
+            servlet.__module__ = fn.__module__
+            self.register(servlet, [template], name=servlet_name)
+            return fn
+
+        return decorator
+
+    def _merge_route(
+        self, template: str, methods: tuple[str, ...], fn: Callable[..., Any], name: Optional[str]
+    ) -> bool:
+        """Add ``fn`` to the route servlet already serving ``template``, if there is one."""
+        try:
+            regex = compile_pattern(template).regex
+        except (ValueError, re.error):
+            return False  # register() reports it with the servlet's name
+        endpoint = next((e for e in self._endpoints if e.compiled.regex == regex), None)
+        if endpoint is None or not getattr(endpoint.servlet, "_from_route", False):
+            return False
+        if name is not None and name != endpoint.name:
+            raise ValueError(f"route {template!r} is already named {endpoint.name!r}")
+        for method in methods:
+            existing = self._by_key.get((method, regex))
+            if existing is not None:
+                raise ValueError(
+                    f"{method} {template!r} is registered twice: by {_label(existing.servlet)} "
+                    f"and by {fn.__name__}"
+                )
+        servlet: Any = endpoint.servlet
+        for method in methods:
+            setattr(servlet, f"on_{method}", _bound_route(fn))
+            self._by_key[(method, regex)] = endpoint
+        servlet.allowed_methods = implemented_methods(servlet)
+        return True
+
+    def urlspecs(self, prefix: str = "", *, catch_all: bool = True) -> list[URLSpec]:
+        """The URL table: one URLSpec per pattern, then a JSON-404 catch-all under ``prefix``.
+
+        With ``prefix=""`` the catch-all matches every path, so put other rules first
+        or pass ``catch_all=False``.
+        """
+        if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
+            raise ValueError(f"prefix must start with '/' and not end with it: {prefix!r}")
+        escaped = re.escape(prefix)
+        specs = []
+        for endpoint in self._endpoints:
+            route = ServletRoute(
+                pattern=endpoint.pattern,
+                converters=endpoint.compiled.converters,
+                segment_params=endpoint.compiled.segment_params,
+                metrics=self.metrics,
+            )
+            specs.append(
+                URLSpec(
+                    f"^{escaped}{endpoint.compiled.regex}$",
+                    endpoint.servlet,
+                    {ROUTE_KWARG: route, **endpoint.init_kwargs},
+                    name=endpoint.name,
+                )
+            )
+        if catch_all:
+            route = ServletRoute(pattern=f"{prefix}/*", metrics=self.metrics)
+            specs.append(
+                URLSpec(f"^{escaped}(?:/.*)?$", _UnrecognizedServlet, {ROUTE_KWARG: route})
+            )
+        return specs
+
+    def _add(self, endpoints: list[_Endpoint], methods: tuple[str, ...]) -> None:
+        for endpoint in endpoints:
+            for method in methods:
+                existing = self._by_key.get((method, endpoint.compiled.regex))
+                if existing is not None:
+                    raise ValueError(
+                        f"{method} {endpoint.pattern!r} is registered twice: by "
+                        f"{_label(existing.servlet)} and by {_label(endpoint.servlet)}"
+                    )
+            clash = next(
+                (e for e in self._endpoints if e.compiled.regex == endpoint.compiled.regex), None
+            )
+            if clash is not None:
+                raise ValueError(
+                    f"{endpoint.pattern!r} is already served by {_label(clash.servlet)}; "
+                    "one pattern maps to one servlet "
+                    f"(add the methods of {_label(endpoint.servlet)} to it)"
+                )
+            if endpoint.name in self._by_name:
+                raise ValueError(
+                    f"name {endpoint.name!r} is used by both "
+                    f"{_label(self._by_name[endpoint.name].servlet)} and {_label(endpoint.servlet)}"
+                )
+        for endpoint in endpoints:
+            self._endpoints.append(endpoint)
+            self._by_name[endpoint.name] = endpoint
+            for method in methods:
+                self._by_key[(method, endpoint.compiled.regex)] = endpoint
+
+
+def _bound_route(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def call(self: JsonServlet, **params: Any) -> Any:
+        return fn(self, **params)
+
+    call.__name__ = fn.__name__
+    return call
+
+
+def _label(servlet: type) -> str:
+    return str(getattr(servlet, "servlet_name", servlet.__name__))

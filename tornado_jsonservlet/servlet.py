@@ -1,0 +1,240 @@
+"""Servlets: handlers whose ``on_GET``/``on_POST``/... return the response instead of writing it.
+
+::
+
+    class UserServlet(JsonServlet):
+        PATTERNS = ["/users/{user_id:int}"]
+
+        async def on_GET(self, user_id: int):
+            user = await db.get_user(user_id)
+            if user is None:
+                raise NotFound("No such user")
+            return user                      # 200 {"id": ..., ...}
+
+        async def on_POST(self, user_id: int):
+            body = self.json_body
+            return 201, await db.update(user_id, body)
+
+A method receives the path parameters as keyword arguments, percent-decoded and
+converted (see :mod:`~tornado_jsonservlet.registry`), and returns ``(status, body)``,
+a body alone (status 200), or ``None`` when it wrote the response itself. It may be
+sync or async. ``HEAD`` is served by ``on_GET`` without a body, ``OPTIONS`` answers
+204 with ``Allow`` (plus CORS preflight headers when CORS is configured), and any
+other method the servlet lacks gets 405 with ``Allow``.
+
+A servlet is cancelled when its client disconnects, its errors are rendered as JSON
+(:class:`JsonServlet`) or HTML (:class:`HtmlServlet`), and its request body is read
+with the size limit enforced while it arrives.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Optional
+
+import jinja2
+import tornado.httputil
+import tornado.web
+
+from .cors import CorsMixin
+from .disconnect import CancelOnDisconnectMixin
+from .errors import MethodNotAllowed, NotFound
+from .json_handlers import JsonBodyMixin, JsonResponseMixin
+from .metrics import ServletMetrics
+from .rendering import HtmlErrorMixin, JsonErrorMixin
+
+__all__ = ["SERVLET_METHODS", "HtmlServlet", "JsonServlet", "ServletRoute", "implemented_methods"]
+
+#: The methods a servlet implements as ``on_<METHOD>``.
+SERVLET_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+ROUTE_KWARG = "_tornado_jsonservlet_route"
+
+
+@dataclass(frozen=True)
+class ServletRoute:
+    """What the registry tells a servlet about the URL pattern that matched."""
+
+    pattern: str
+    converters: Mapping[str, Callable[[str], Any]] = field(default_factory=dict)
+    segment_params: frozenset[str] = frozenset()
+    metrics: Optional[ServletMetrics] = None
+
+
+def implemented_methods(cls: type) -> tuple[str, ...]:
+    """The methods a servlet class answers: its ``on_<METHOD>``s, HEAD with GET, OPTIONS."""
+    found = [m for m in SERVLET_METHODS if callable(getattr(cls, f"on_{m}", None))]
+    if "GET" in found:
+        found.insert(1, "HEAD")
+    return (*found, "OPTIONS")
+
+
+@tornado.web.stream_request_body
+class _ServletBase(CancelOnDisconnectMixin, CorsMixin, JsonBodyMixin, tornado.web.RequestHandler):
+    """Shared dispatch; use :class:`JsonServlet` or :class:`HtmlServlet`."""
+
+    #: Path patterns used when the registry is not given any.
+    PATTERNS: ClassVar[tuple[str, ...]] = ()
+    #: Name for logs and ``reverse_url``; defaults to the class name.
+    servlet_name: ClassVar[str] = "_ServletBase"
+    #: ``(method, ...)``, derived from the ``on_<METHOD>`` methods present.
+    allowed_methods: ClassVar[tuple[str, ...]] = ("OPTIONS",)
+
+    _route: ServletRoute = ServletRoute(pattern="")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "servlet_name" not in cls.__dict__:
+            cls.servlet_name = cls.__name__
+        cls.allowed_methods = implemented_methods(cls)
+
+    def __init__(
+        self,
+        application: tornado.web.Application,
+        request: tornado.httputil.HTTPServerRequest,
+        **kwargs: Any,
+    ) -> None:
+        route = kwargs.pop(ROUTE_KWARG, None)
+        if route is not None:
+            self._route = route
+        super().__init__(application, request, **kwargs)
+
+    # -- dispatch ----------------------------------------------------------------
+
+    async def get(self, *args: str, **kwargs: str) -> None:
+        await self._dispatch("GET", kwargs)
+
+    async def head(self, *args: str, **kwargs: str) -> None:
+        await self._dispatch("GET", kwargs)
+
+    async def post(self, *args: str, **kwargs: str) -> None:
+        await self._dispatch("POST", kwargs)
+
+    async def put(self, *args: str, **kwargs: str) -> None:
+        await self._dispatch("PUT", kwargs)
+
+    async def patch(self, *args: str, **kwargs: str) -> None:
+        await self._dispatch("PATCH", kwargs)
+
+    async def delete(self, *args: str, **kwargs: str) -> None:
+        await self._dispatch("DELETE", kwargs)
+
+    async def options(self, *args: str, **kwargs: str) -> None:
+        self.set_header("Allow", ", ".join(self.allowed_methods))
+        self.set_cors_preflight_headers(self.allowed_methods)
+        self.set_status(204)
+        self.finish()
+
+    async def _dispatch(self, method: str, raw_params: Mapping[str, str]) -> None:
+        target = getattr(self, f"on_{method}", None)
+        if target is None:
+            raise MethodNotAllowed(self.allowed_methods)
+        params = self._convert_params(raw_params)
+        self._complete_body()
+        result = target(**params)
+        if inspect.isawaitable(result):
+            result = await result
+        if result is None or self._finished:
+            return
+        if isinstance(result, tuple):
+            if len(result) != 2 or not isinstance(result[0], int):
+                raise TypeError(f"{self.servlet_name}.on_{method} must return (status, body)")
+            status, body = result
+        else:
+            status, body = 200, result
+        await self.send_body(status, body)
+
+    def _convert_params(self, raw_params: Mapping[str, str]) -> dict[str, Any]:
+        route = self._route
+        params: dict[str, Any] = {}
+        for name, value in raw_params.items():
+            # A str parameter is one path segment: an encoded "/" (%2F) would make
+            # it two once decoded, so such a path does not match (404).
+            if name in route.segment_params and "/" in value:
+                raise NotFound("Unrecognized request", "UNRECOGNIZED")
+            converter = route.converters.get(name)
+            try:
+                params[name] = converter(value) if converter else value
+            except ValueError:
+                raise NotFound("Unrecognized request", "UNRECOGNIZED") from None
+        return params
+
+    def _complete_body(self) -> None:
+        """Make the streamed body look like a normal one to code that reads it."""
+        body = self._body_bytes()
+        self.request.body = body
+        content_type = self.request.headers.get("Content-Type", "")
+        if body and not content_type.startswith("application/json"):
+            tornado.httputil.parse_body_arguments(
+                content_type,
+                body,
+                self.request.body_arguments,
+                self.request.files,
+                self.request.headers,
+            )
+            for name, values in self.request.body_arguments.items():
+                self.request.arguments.setdefault(name, []).extend(values)
+
+    async def send_body(self, status: int, body: Any) -> None:
+        """Send a method's return value; subclasses define the body format."""
+        raise NotImplementedError
+
+    # -- errors, logs and metrics ------------------------------------------------
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if status_code == 405 and "Allow" not in self._headers:
+            self.set_header("Allow", ", ".join(self.allowed_methods))
+        super().write_error(status_code, **kwargs)
+
+    def _request_summary(self) -> str:
+        return f"{super()._request_summary()} [{self.servlet_name}]"
+
+    def _log(self) -> None:
+        super()._log()
+        metrics = self._route.metrics
+        if metrics is not None:
+            metrics.observe(
+                self.servlet_name,
+                self.request.method or "",
+                self.get_status(),
+                self.request.request_time(),
+            )
+
+
+class JsonServlet(JsonErrorMixin, JsonResponseMixin, _ServletBase):
+    """A servlet whose bodies are JSON and whose errors are ``{"errcode", "error"}``."""
+
+    async def send_body(self, status: int, body: Any) -> None:
+        await self.write_json(body, status)
+
+
+@functools.cache
+def _template_environment(template_path: str) -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(template_path), autoescape=True)
+
+
+class HtmlServlet(HtmlErrorMixin, _ServletBase):
+    """A servlet whose bodies are HTML (``str`` or ``bytes``) and whose errors are pages.
+
+    :meth:`render_template` renders a jinja2 template (autoescaped) from the
+    application's ``template_path``; return its result from ``on_GET``.
+    """
+
+    async def send_body(self, status: int, body: Any) -> None:
+        if not isinstance(body, (str, bytes)):
+            raise TypeError(
+                f"{self.servlet_name} must return str or bytes, not {type(body).__name__}"
+            )
+        self.set_status(status)
+        self.set_header("Content-Type", "text/html; charset=UTF-8")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        await self.finish(body)
+
+    def render_template(self, name: str, **context: Any) -> str:
+        template_path = self.get_template_path()
+        if template_path is None:
+            raise RuntimeError("render_template needs the application's template_path setting")
+        return _template_environment(template_path).get_template(name).render(context)
