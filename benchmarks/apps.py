@@ -13,7 +13,7 @@ import tornado.web
 
 sys.path.insert(0, __file__.rsplit("/benchmarks/", 1)[0])
 
-from tornado_jsonservlet import (  # noqa: E402
+from tornado_jsonservlet import (
     CancelOnDisconnectMixin,
     JsonErrorMixin,
     JsonResponseMixin,

@@ -124,17 +124,18 @@ def main() -> None:
     print(
         f"\nencoder: {backend}; medians of {args.rounds} interleaved rounds, {args.duration}s each"
     )
-    print(f"{'figure':<44}{'bare':>12}{'toolkit':>12}{'ratio':>9}")
-    print(
-        f"{'P1 small JSON req/s (c=16)':<44}{bare['small']:>12.0f}{kit['small']:>12.0f}{kit['small'] / bare['small']:>8.2f}x"
-    )
-    print(
-        f"{'P2 1 MB JSON req/s (c=4)':<44}{bare['big']:>12.1f}{kit['big']:>12.1f}{kit['big'] / bare['big']:>8.2f}x"
-    )
+    rows = [
+        ("P1 small JSON req/s (c=16)", bare["small"], kit["small"]),
+        ("P2 1 MB JSON req/s (c=4)", bare["big"], kit["big"]),
+    ]
+    print(f"{'figure':<32}{'bare':>12}{'toolkit':>12}{'ratio':>9}")
+    for label, bare_value, kit_value in rows:
+        print(f"{label:<32}{bare_value:>12.1f}{kit_value:>12.1f}{kit_value / bare_value:>8.2f}x")
     for kind, m in (("bare", bare), ("toolkit", kit)):
         ratio = m["p99_loaded"] / m["p99_unloaded"]
         print(
-            f"P3 {kind:<8} small p99 unloaded {m['p99_unloaded']:.2f} ms, loaded {m['p99_loaded']:.2f} ms: {ratio:.2f}x"
+            f"P3 {kind:<8} small p99: unloaded {m['p99_unloaded']:.2f} ms, "
+            f"loaded {m['p99_loaded']:.2f} ms, {ratio:.2f}x"
         )
 
 

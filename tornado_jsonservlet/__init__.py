@@ -36,8 +36,8 @@ from .errors import (
 from .json_handlers import JsonBodyMixin, JsonResponseMixin, require
 from .jsonio import active_backend, decode, encode
 from .metrics import InMemoryMetrics, PrometheusMetrics, ServletMetrics
-from .rendering import HtmlErrorMixin, JsonErrorMixin, NegotiatedErrorMixin
 from .registry import ServletRegistry
+from .rendering import HtmlErrorMixin, JsonErrorMixin, NegotiatedErrorMixin
 from .safe_output import SafeWriteMixin
 from .servlet import HtmlServlet, JsonServlet
 
