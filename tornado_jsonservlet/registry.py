@@ -63,6 +63,7 @@ CONVERTERS: dict[str, tuple[str, Callable[[str], Any]]] = {
 
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_GROUP_NAME = re.compile(r"\(\?P<[^>]+>")
 
 
 @dataclass
@@ -70,6 +71,12 @@ class _CompiledPattern:
     regex: str
     converters: dict[str, Callable[[str], Any]]
     segment_params: frozenset[str]
+
+    @property
+    def key(self) -> str:
+        """The regex without group names: two patterns that differ only in their
+        parameter names match the same paths."""
+        return _GROUP_NAME.sub("(", self.regex)
 
 
 def compile_pattern(pattern: str) -> _CompiledPattern:
@@ -144,7 +151,7 @@ class ServletRegistry:
     def __init__(self, *, metrics: Optional[ServletMetrics] = None) -> None:
         self.metrics = metrics
         self._endpoints: list[_Endpoint] = []
-        self._by_key: dict[tuple[str, str], _Endpoint] = {}  # (method, regex) -> endpoint
+        self._by_key: dict[tuple[str, str], _Endpoint] = {}  # (method, pattern key) -> endpoint
         self._by_name: dict[str, _Endpoint] = {}
 
     def register(
@@ -230,10 +237,10 @@ class ServletRegistry:
     ) -> bool:
         """Add ``fn`` to the route servlet already serving ``template``, if there is one."""
         try:
-            regex = compile_pattern(template).regex
+            regex = compile_pattern(template).key
         except (ValueError, re.error):
             return False  # register() reports it with the servlet's name
-        endpoint = next((e for e in self._endpoints if e.compiled.regex == regex), None)
+        endpoint = next((e for e in self._endpoints if e.compiled.key == regex), None)
         if endpoint is None or not getattr(endpoint.servlet, "_from_route", False):
             return False
         if name is not None and name != endpoint.name:
@@ -285,23 +292,23 @@ class ServletRegistry:
         return specs
 
     def _add(self, endpoints: list[_Endpoint], methods: tuple[str, ...]) -> None:
+        keys = [endpoint.compiled.key for endpoint in endpoints]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"{_label(endpoints[0].servlet)}: the same pattern is given twice")
         for endpoint in endpoints:
             for method in methods:
-                existing = self._by_key.get((method, endpoint.compiled.regex))
+                existing = self._by_key.get((method, endpoint.compiled.key))
                 if existing is not None:
+                    if method in SERVLET_METHODS:
+                        raise ValueError(
+                            f"{method} {endpoint.pattern!r} is registered twice: by "
+                            f"{_label(existing.servlet)} and by {_label(endpoint.servlet)}"
+                        )
                     raise ValueError(
-                        f"{method} {endpoint.pattern!r} is registered twice: by "
-                        f"{_label(existing.servlet)} and by {_label(endpoint.servlet)}"
+                        f"{endpoint.pattern!r} is already served by {_label(existing.servlet)}; "
+                        "one pattern maps to one servlet "
+                        f"(add the methods of {_label(endpoint.servlet)} to it)"
                     )
-            clash = next(
-                (e for e in self._endpoints if e.compiled.regex == endpoint.compiled.regex), None
-            )
-            if clash is not None:
-                raise ValueError(
-                    f"{endpoint.pattern!r} is already served by {_label(clash.servlet)}; "
-                    "one pattern maps to one servlet "
-                    f"(add the methods of {_label(endpoint.servlet)} to it)"
-                )
             if endpoint.name in self._by_name:
                 raise ValueError(
                     f"name {endpoint.name!r} is used by both "
@@ -311,7 +318,7 @@ class ServletRegistry:
             self._endpoints.append(endpoint)
             self._by_name[endpoint.name] = endpoint
             for method in methods:
-                self._by_key[(method, endpoint.compiled.regex)] = endpoint
+                self._by_key[(method, endpoint.compiled.key)] = endpoint
 
 
 def _bound_route(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -182,12 +182,7 @@ class _ServletBase(CancelOnDisconnectMixin, CorsMixin, JsonBodyMixin, tornado.we
         """Send a method's return value; subclasses define the body format."""
         raise NotImplementedError
 
-    # -- errors, logs and metrics ------------------------------------------------
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        if status_code == 405 and "Allow" not in self._headers:
-            self.set_header("Allow", ", ".join(self.allowed_methods))
-        super().write_error(status_code, **kwargs)
+    # -- logs and metrics ------------------------------------------------------
 
     def _request_summary(self) -> str:
         return f"{super()._request_summary()} [{self.servlet_name}]"
@@ -202,6 +197,13 @@ class _ServletBase(CancelOnDisconnectMixin, CorsMixin, JsonBodyMixin, tornado.we
                 self.get_status(),
                 self.request.request_time(),
             )
+
+
+def _allow_on_405(handler: Any, error: tornado.web.HTTPError) -> tornado.web.HTTPError:
+    """Tornado's own 405 (a method outside SUPPORTED_METHODS) gets ``Allow`` too."""
+    if error.status_code == 405 and not isinstance(error, MethodNotAllowed):
+        return MethodNotAllowed(handler.allowed_methods)
+    return error
 
 
 class JsonServlet(JsonErrorMixin, JsonResponseMixin, _ServletBase):
@@ -238,3 +240,7 @@ class HtmlServlet(HtmlErrorMixin, _ServletBase):
         if template_path is None:
             raise RuntimeError("render_template needs the application's template_path setting")
         return _template_environment(template_path).get_template(name).render(context)
+
+
+for _servlet_class in (JsonServlet, HtmlServlet):
+    _servlet_class.add_error_handler(tornado.web.HTTPError, _allow_on_405)
