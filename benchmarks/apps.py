@@ -17,6 +17,7 @@ from tornado_jsonservlet import (
     CancelOnDisconnectMixin,
     JsonErrorMixin,
     JsonResponseMixin,
+    LeanResponseMixin,
     active_backend,
 )
 
@@ -57,7 +58,11 @@ class BareBig(tornado.web.RequestHandler):
 
 
 class Toolkit(
-    CancelOnDisconnectMixin, JsonErrorMixin, JsonResponseMixin, tornado.web.RequestHandler
+    CancelOnDisconnectMixin,
+    JsonErrorMixin,
+    JsonResponseMixin,
+    LeanResponseMixin,
+    tornado.web.RequestHandler,
 ):
     pass
 
@@ -78,8 +83,9 @@ def make_app(kind: str) -> tornado.web.Application:
         routes = [(r"/small", BareSmall), (r"/big", BareBig)]
     else:
         routes = [(r"/small", ToolkitSmall), (r"/big", ToolkitBig)]
-    # Access logging off on both sides: the benchmark measures serving, not logging.
-    return tornado.web.Application(routes, log_function=lambda handler: None)
+    # Default settings on both sides; logging is not configured, as in a server
+    # whose access log is off.
+    return tornado.web.Application(routes)
 
 
 async def main(kind: str, port: int) -> None:

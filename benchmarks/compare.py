@@ -67,6 +67,7 @@ def _ms(text: str) -> float:
 def p99_under_load(port: int, duration: int) -> tuple[float, float]:
     """(unloaded p99, p99 while two clients fetch /big) for /small, in ms."""
     base = f"http://127.0.0.1:{port}"
+    time.sleep(1.5)  # let responses still in flight from the previous run drain
     unloaded = wrk(base + "/small", connections=1, duration=duration, latency=True)["p99_ms"]
     background = subprocess.Popen(
         ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", "-c2", f"-d{duration + 2}s", base + "/big"],

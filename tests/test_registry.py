@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import uuid
 from typing import Any
 
 import pytest
+import tornado.httputil
 import tornado.web
 
 from tests.support import Probe, access_statuses, settle
@@ -467,3 +469,37 @@ def test_prometheus_exporter_is_optional():
 
     exporter = PrometheusMetrics(registry=prometheus_client.CollectorRegistry())
     exporter.observe("S", "GET", 499, 0.01)
+
+
+async def test_lean_defaults_match_tornado(http_client, base_url):
+    lean = await fetch(http_client, base_url + "/api/v1/users/ada")
+    plain = await fetch(http_client, base_url + "/other")
+    assert lean.headers["Server"] == plain.headers["Server"]
+    assert lean.headers["Date"][-4:] == plain.headers["Date"][-4:] == " GMT"
+    gap = email.utils.parsedate_to_datetime(
+        plain.headers["Date"]
+    ) - email.utils.parsedate_to_datetime(lean.headers["Date"])
+    assert abs(gap.total_seconds()) <= 2
+
+
+def test_http_date_is_cached_per_second(monkeypatch):
+    from tornado_jsonservlet import lean
+
+    calls = []
+    real = tornado.httputil.format_timestamp
+    monkeypatch.setattr(
+        lean.tornado.httputil, "format_timestamp", lambda t: calls.append(t) or real(t)
+    )
+    monkeypatch.setattr(lean, "_date_cache", (0, ""))
+    monkeypatch.setattr(lean.time, "time", lambda: 1_700_000_000.25)
+    first = lean.http_date()
+    monkeypatch.setattr(lean.time, "time", lambda: 1_700_000_000.75)
+    assert lean.http_date() == first == "Tue, 14 Nov 2023 22:13:20 GMT"
+    monkeypatch.setattr(lean.time, "time", lambda: 1_700_000_001.0)
+    assert lean.http_date() == "Tue, 14 Nov 2023 22:13:21 GMT"
+    assert len(calls) == 2
+
+
+async def test_access_log_still_written_when_enabled(http_client, base_url, caplog):
+    await fetch(http_client, base_url + "/api/v1/users/ada")
+    assert access_statuses(caplog) == [200]

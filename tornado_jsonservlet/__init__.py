@@ -11,6 +11,7 @@ The parts, each in its own module and usable alone:
 * :mod:`~tornado_jsonservlet.jsonio` -- fast, strict JSON encoding and decoding;
 * :mod:`~tornado_jsonservlet.json_handlers` -- ``write_json`` and ``json_body``;
 * :mod:`~tornado_jsonservlet.lowpriority` -- the lane that keeps big encodes off the hot path;
+* :mod:`~tornado_jsonservlet.lean` -- less work per request than Tornado's defaults;
 * :mod:`~tornado_jsonservlet.servlet` -- ``on_GET``-style handlers returning ``(status, body)``;
 * :mod:`~tornado_jsonservlet.registry` -- path patterns to ``URLSpec``s;
 * :mod:`~tornado_jsonservlet.metrics` -- per-servlet counts and timings.
@@ -35,6 +36,7 @@ from .errors import (
 )
 from .json_handlers import JsonBodyMixin, JsonResponseMixin, require
 from .jsonio import active_backend, decode, encode
+from .lean import LeanResponseMixin
 from .metrics import InMemoryMetrics, PrometheusMetrics, ServletMetrics
 from .registry import ServletRegistry
 from .rendering import HtmlErrorMixin, JsonErrorMixin, NegotiatedErrorMixin
@@ -58,6 +60,7 @@ __all__ = [
     "JsonErrorMixin",
     "JsonResponseMixin",
     "JsonServlet",
+    "LeanResponseMixin",
     "MethodNotAllowed",
     "NegotiatedErrorMixin",
     "NotFound",

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any, Optional, TypeVar
 
 import tornado.web
@@ -33,6 +33,9 @@ _T = TypeVar("_T")
 
 _SLICE_BYTES = 128 * 1024
 _SAMPLE_ITEMS = 16
+# Below this many items a list is not worth estimating, let alone slicing: the
+# common small response then costs a length check, not a trial encoding.
+_MIN_SLICED_ITEMS = 128
 
 
 # -- responses -----------------------------------------------------------------
@@ -41,12 +44,12 @@ _SAMPLE_ITEMS = 16
 def _big_list(obj: Any) -> Optional[tuple[Optional[str], list[Any]]]:
     """``(key, items)`` when ``obj`` is a list, or an object whose largest value is one."""
     if isinstance(obj, list):
-        return None, obj
+        return (None, obj) if len(obj) >= _MIN_SLICED_ITEMS else None
     if isinstance(obj, dict):
         best: Optional[tuple[Optional[str], list[Any]]] = None
         for key, value in obj.items():
-            is_candidate = isinstance(key, str) and isinstance(value, list)
-            if is_candidate and (best is None or len(value) > len(best[1])):
+            big = type(value) is list and len(value) >= _MIN_SLICED_ITEMS
+            if big and isinstance(key, str) and (best is None or len(value) > len(best[1])):
                 best = key, value
         return best
     return None
@@ -120,10 +123,12 @@ class JsonResponseMixin(tornado.web.RequestHandler):
 
     _json_response: bool = False
 
-    async def write_json(
+    def write_json(
         self, obj: Any, status: int = 200, *, canonical: Optional[bool] = None
-    ) -> None:
+    ) -> Awaitable[None]:
         """Send ``obj`` as the JSON response with ``status``, and finish the request.
+
+        Await the result: small documents are sent at once, big ones in slices.
 
         :raises TypeError: a value cannot be encoded (nothing has been sent yet).
         """
@@ -132,13 +137,22 @@ class JsonResponseMixin(tornado.web.RequestHandler):
         if found is not None:
             size, per_item = _estimated_size(found[1], canonical)
             if size > self.json_slice_threshold:
-                chunks = await encode_in_slices(obj, found, per_item, canonical=canonical)
-                self._start_json(status)
-                await self._send_chunks(chunks)
-                return
+                return self._write_sliced(obj, found, per_item, status, canonical)
         body = encode(obj, canonical=canonical)
         self._start_json(status)
-        self.finish(body)
+        return self.finish(body)
+
+    async def _write_sliced(
+        self,
+        obj: Any,
+        found: tuple[Optional[str], list[Any]],
+        per_item: float,
+        status: int,
+        canonical: bool,
+    ) -> None:
+        chunks = await encode_in_slices(obj, found, per_item, canonical=canonical)
+        self._start_json(status)
+        await self._send_chunks(chunks)
 
     def compute_etag(self) -> Optional[str]:
         if self._json_response and not self.json_etag:

@@ -43,6 +43,7 @@ from .cors import CorsMixin
 from .disconnect import CancelOnDisconnectMixin
 from .errors import MethodNotAllowed, NotFound
 from .json_handlers import JsonBodyMixin, JsonResponseMixin
+from .lean import LeanResponseMixin
 from .metrics import ServletMetrics
 from .rendering import HtmlErrorMixin, JsonErrorMixin
 
@@ -73,7 +74,9 @@ def implemented_methods(cls: type) -> tuple[str, ...]:
 
 
 @tornado.web.stream_request_body
-class _ServletBase(CancelOnDisconnectMixin, CorsMixin, JsonBodyMixin, tornado.web.RequestHandler):
+class _ServletBase(
+    CancelOnDisconnectMixin, CorsMixin, JsonBodyMixin, LeanResponseMixin, tornado.web.RequestHandler
+):
     """Shared dispatch; use :class:`JsonServlet` or :class:`HtmlServlet`."""
 
     #: Path patterns used when the registry is not given any.

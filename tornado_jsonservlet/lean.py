@@ -1,0 +1,66 @@
+"""Doing less per request than Tornado's defaults, with identical output.
+
+Two costs Tornado pays on every request that a JSON API rarely needs:
+
+* ``clear()`` formats the ``Date`` header from scratch each time. HTTP dates have
+  one-second resolution, so :class:`LeanResponseMixin` formats it once a second.
+* the access log line is built (request summary, timing) even when the access
+  logger would discard it. The mixin skips it when ``tornado.access`` is not
+  enabled for the line's level and no ``log_function`` setting is installed.
+
+``clear()`` sets the same state as Tornado's own (identical in 6.4 to 6.6); the
+test suite checks that responses carry the same default headers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import tornado
+import tornado.httputil
+import tornado.web
+
+__all__ = ["LeanResponseMixin", "http_date"]
+
+_SERVER_HEADER = f"TornadoServer/{tornado.version}"
+_access_log = logging.getLogger("tornado.access")
+_date_cache: tuple[int, str] = (0, "")
+
+
+def http_date() -> str:
+    """The current time as an HTTP date, formatted at most once per second."""
+    global _date_cache
+    now = int(time.time())
+    second, text = _date_cache
+    if now != second:
+        text = tornado.httputil.format_timestamp(now)
+        _date_cache = (now, text)
+    return text
+
+
+class LeanResponseMixin(tornado.web.RequestHandler):
+    """Same responses and logs as Tornado, with less work per request."""
+
+    def clear(self) -> None:
+        self._headers = tornado.httputil.HTTPHeaders(
+            {
+                "Server": _SERVER_HEADER,
+                "Content-Type": "text/html; charset=UTF-8",
+                "Date": http_date(),
+            }
+        )
+        self.set_default_headers()
+        self._write_buffer = []
+        self._status_code = 200
+        self._reason = "OK"
+
+    def _log(self) -> None:
+        if "log_function" not in self.settings:
+            status = self.get_status()
+            level = (
+                logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+            )
+            if not _access_log.isEnabledFor(level):
+                return
+        super()._log()
