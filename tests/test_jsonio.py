@@ -102,6 +102,13 @@ def test_deep_but_accepted_documents_can_be_written_back(backend):
     assert encode(deep) == b"[" * 1000 + b"]" * 1000
 
 
+def test_integers_beyond_64_bits_are_encoded(backend):
+    assert (
+        encode({"n": 2**70, "m": -(2**65)})
+        == b'{"n":1180591620717411303424,"m":-36893488147419103232}'
+    )
+
+
 def test_decode_accepts_numbers_with_exponents():
     assert decode(b'{"a": 1e300, "b": 2E-5, "s": "NaN and Infinity in a string"}') == {
         "a": 1e300,

@@ -503,3 +503,15 @@ def test_http_date_is_cached_per_second(monkeypatch):
 async def test_access_log_still_written_when_enabled(http_client, base_url, caplog):
     await fetch(http_client, base_url + "/api/v1/users/ada")
     assert access_statuses(caplog) == [200]
+
+
+async def test_malformed_form_body_is_a_400_not_a_500(http_client, base_url):
+    response = await fetch(
+        http_client,
+        base_url + "/api/v1/users/ada",
+        method="POST",
+        body=b"\x00",
+        headers={"Content-Type": "multipart/form-data; boundary=x"},
+    )
+    assert response.code in (400, 415)
+    assert body(response)["errcode"] in ("BAD_REQUEST", "UNSUPPORTED_MEDIA_TYPE")

@@ -73,10 +73,10 @@ def encode(obj: Any, *, canonical: bool = False) -> bytes:
             return _ujson_dumps(obj, canonical)
         try:
             return _fast_dumps(obj)
-        except TypeError as error:
-            if "Recursion limit" not in str(error):
-                raise
-            return _ujson_dumps(obj, canonical)  # orjson stops at 255 levels, ujson at 1024
+        except TypeError:
+            # orjson's limits are narrower than ujson's (255 levels, 64-bit integers);
+            # ujson either manages or reports the problem below.
+            return _ujson_dumps(obj, canonical)
     except OverflowError as error:
         raise ValueError(
             f"cannot encode as JSON: {error} (NaN, infinity or huge integer)"

@@ -41,7 +41,7 @@ import tornado.web
 
 from .cors import CorsMixin
 from .disconnect import CancelOnDisconnectMixin
-from .errors import MethodNotAllowed, NotFound
+from .errors import BadRequest, MethodNotAllowed, NotFound
 from .json_handlers import JsonBodyMixin, JsonResponseMixin
 from .lean import LeanResponseMixin
 from .metrics import ServletMetrics
@@ -171,13 +171,16 @@ class _ServletBase(
         self.request.body = body
         content_type = self.request.headers.get("Content-Type", "")
         if body and not content_type.startswith("application/json"):
-            tornado.httputil.parse_body_arguments(
-                content_type,
-                body,
-                self.request.body_arguments,
-                self.request.files,
-                self.request.headers,
-            )
+            try:
+                tornado.httputil.parse_body_arguments(
+                    content_type,
+                    body,
+                    self.request.body_arguments,
+                    self.request.files,
+                    self.request.headers,
+                )
+            except tornado.httputil.HTTPInputError as error:
+                raise BadRequest(f"Invalid request body: {error}") from None
             for name, values in self.request.body_arguments.items():
                 self.request.arguments.setdefault(name, []).extend(values)
 
