@@ -164,6 +164,18 @@ class HelloPage(HtmlServlet):
         return f"<!DOCTYPE html><title>Hello</title><h1>Hello, {safe_name}!</h1>"
 
 
+def _rss_kb() -> int:
+    """Resident set size of this process in KiB (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def _bounded_float(raw: str, name: str, low: float, high: float) -> float:
     try:
         value = float(raw)
@@ -183,10 +195,12 @@ def make_registry(metrics: InMemoryMetrics | None = None) -> ServletRegistry:
 
     @registry.route("/metrics")
     def metrics_view(handler: JsonServlet) -> dict[str, object]:
-        if metrics is None:
-            return {}
+        """Request counts by servlet and status, plus process health for soak tests."""
+        counts = {} if metrics is None else metrics.requests
         return {
-            f"{name} {status}": count for (name, status), count in sorted(metrics.requests.items())
+            "requests": {f"{name} {status}": n for (name, status), n in sorted(counts.items())},
+            "pending_tasks": len(asyncio.all_tasks()),
+            "rss_kb": _rss_kb(),
         }
 
     return registry

@@ -63,7 +63,7 @@ class PrometheusMetrics(ServletMetrics):
 
     def __init__(self, registry: Any = None, namespace: str = "") -> None:
         try:
-            import prometheus_client  # type: ignore[import-not-found,unused-ignore]
+            import prometheus_client
         except ImportError as error:  # pragma: no cover - depends on the extra
             raise ImportError(
                 "PrometheusMetrics needs prometheus-client: "
