@@ -54,16 +54,18 @@ class DelayedWorkHandler(CancelOnDisconnectMixin, tornado.web.RequestHandler):
     """``GET /?delay=SECONDS[&error=ANY]``: wait, do the work, always clean up."""
 
     async def get(self) -> None:
-        try:
-            delay = self._delay_argument()
-            failing = self.get_argument("error", None) is not None
-            await asyncio.sleep(delay)  # a client that leaves now cancels us here
-            app_log.info("doing application stuff...")
-            if failing:
-                raise tornado.web.HTTPError(400, reason="oops!")
-            await self.finish("ok!\n")
-        finally:
-            app_log.info("doing some application clean up...")
+        delay = self._delay_argument()
+        failing = self.get_argument("error", None) is not None
+        await asyncio.sleep(delay)  # a client that leaves now cancels us here
+        app_log.info("doing application stuff...")
+        if failing:
+            raise tornado.web.HTTPError(400, reason="oops!")
+        await self.finish("ok!\n")
+
+    def on_finish(self) -> None:
+        # Runs exactly once per request: after success, failure, cancellation, or a
+        # client that was gone before the handler even started.
+        app_log.info("doing some application clean up...")
 
     def _delay_argument(self) -> float:
         raw = self.get_argument("delay", "0")

@@ -88,11 +88,13 @@ def make_app(kind: str) -> tornado.web.Application:
     return tornado.web.Application(routes)
 
 
-async def main(kind: str, port: int) -> None:
+async def main(kind: str, port: int, preload_mb: int = 0) -> None:
+    if preload_mb:
+        sized(preload_mb)  # build the document now, so it is part of the baseline RSS
     make_app(kind).listen(port, address="127.0.0.1")
     print(f"ready {kind} {active_backend()}", flush=True)
     await asyncio.Event().wait()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 0))
