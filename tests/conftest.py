@@ -15,6 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support import Probe
+
 
 class _ErrorCollector(logging.Handler):
     def __init__(self) -> None:
@@ -52,3 +54,15 @@ def fail_on_error_logs(
     if unexpected:
         lines = "\n".join(f"{r.name} {r.levelname}: {r.getMessage()}" for r in unexpected)
         pytest.fail(f"unexpected ERROR log records:\n{lines}", pytrace=False)
+
+
+@pytest.fixture
+def probe() -> Probe:
+    """A fresh probe for the handlers of one test's app."""
+    return Probe()
+
+
+@pytest.fixture
+def port(http_server: object, http_port: int) -> int:
+    """The port of pytest-tornado's running test server."""
+    return http_port

@@ -11,6 +11,7 @@ import pytest
 import tornado.web
 
 from tornado_jsonservlet import CancelOnDisconnectMixin
+from tornado_jsonservlet.testing import CloseHow, RawHTTPConnection
 
 
 class Probe:
@@ -68,3 +69,13 @@ async def settle(rounds: int = 5) -> None:
     """Let already-scheduled callbacks run (a handful of loop iterations)."""
     for _ in range(rounds):
         await asyncio.sleep(0)
+
+
+async def leave_while_suspended(port: int, probe: Probe, path: str, how: CloseHow = "rst") -> None:
+    """Send a request, wait until the handler is suspended, then disconnect."""
+    conn = await RawHTTPConnection.open(port)
+    await conn.send_request("GET", path)
+    await probe.wait_suspended()
+    conn.close(how)
+    await probe.wait_finished()
+    await settle()

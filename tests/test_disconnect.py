@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 import pytest
 import tornado.httpserver
@@ -13,7 +12,14 @@ import tornado.web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from tornado.iostream import StreamClosedError
 
-from tests.support import Probe, ProbeHandler, access_lines, access_statuses, settle
+from tests.support import (
+    Probe,
+    ProbeHandler,
+    access_lines,
+    access_statuses,
+    leave_while_suspended,
+    settle,
+)
 from tornado_jsonservlet import CancelOnDisconnectMixin, uncancellable
 from tornado_jsonservlet.testing import RawHTTPConnection
 
@@ -239,11 +245,6 @@ class ErrorAfterDisconnectHandler(ProbeHandler):
 
 
 @pytest.fixture
-def probe() -> Probe:
-    return Probe()
-
-
-@pytest.fixture
 def app(probe: Probe) -> tornado.web.Application:
     routes: list[tuple[str, type[tornado.web.RequestHandler]]] = [
         ("/slow", SlowHandler),
@@ -268,21 +269,6 @@ def app(probe: Probe) -> tornado.web.Application:
         ("/errorafter", ErrorAfterDisconnectHandler),
     ]
     return tornado.web.Application([(path, h, {"probe": probe}) for path, h in routes])
-
-
-@pytest.fixture
-def port(http_server: Any, http_port: int) -> int:
-    return http_port
-
-
-async def leave_while_suspended(port: int, probe: Probe, path: str, how: str) -> None:
-    """Send a request, wait until the handler is suspended, then disconnect."""
-    conn = await RawHTTPConnection.open(port)
-    await conn.send_request("GET", path)
-    await probe.wait_suspended()
-    conn.close(how)
-    await probe.wait_finished()
-    await settle()
 
 
 # -- the work stops -----------------------------------------------------------

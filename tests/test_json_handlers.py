@@ -95,11 +95,6 @@ class AnyJson(Api):
 
 
 @pytest.fixture
-def probe() -> Probe:
-    return Probe()
-
-
-@pytest.fixture
 def app(probe: Probe) -> tornado.web.Application:
     routes = {
         "/small": Small,

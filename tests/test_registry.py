@@ -125,11 +125,6 @@ def make_registry(probe: Probe, metrics: InMemoryMetrics) -> ServletRegistry:
 
 
 @pytest.fixture
-def probe() -> Probe:
-    return Probe()
-
-
-@pytest.fixture
 def metrics() -> InMemoryMetrics:
     return InMemoryMetrics()
 

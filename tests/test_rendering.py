@@ -197,11 +197,6 @@ class DisconnectedRaiser(CancelOnDisconnectMixin, JsonErrorMixin, tornado.web.Re
 
 
 @pytest.fixture
-def probe() -> Probe:
-    return Probe()
-
-
-@pytest.fixture
 def template_dir(tmp_path: Any) -> str:
     (tmp_path / "custom_error.html").write_text("<i>custom {{ code }} {{ msg }}</i>")
     return str(tmp_path)

@@ -10,9 +10,8 @@ import pytest
 import tornado.web
 from tornado.iostream import StreamClosedError
 
-from tests.support import Probe, access_statuses, settle
+from tests.support import Probe, access_statuses, leave_while_suspended
 from tornado_jsonservlet import SafeWriteMixin
-from tornado_jsonservlet.testing import RawHTTPConnection
 
 pytestmark = pytest.mark.gen_test
 
@@ -92,11 +91,6 @@ class BackendStreamClosed(SafeWriteMixin, _Reporting):
 
 
 @pytest.fixture
-def probe() -> Probe:
-    return Probe()
-
-
-@pytest.fixture
 def app(probe: Probe) -> tornado.web.Application:
     routes = {
         "/plain": PlainLateWriter,
@@ -107,20 +101,6 @@ def app(probe: Probe) -> tornado.web.Application:
         "/backend": BackendStreamClosed,
     }
     return tornado.web.Application([(p, h, {"probe": probe}) for p, h in routes.items()])
-
-
-@pytest.fixture
-def port(http_server: Any, http_port: int) -> int:
-    return http_port
-
-
-async def leave_while_suspended(port: int, probe: Probe, path: str, how: str = "rst") -> None:
-    conn = await RawHTTPConnection.open(port)
-    await conn.send_request("GET", path)
-    await probe.wait_suspended()
-    conn.close(how)
-    await probe.wait_finished()
-    await settle()
 
 
 @pytest.mark.allow_error_log(
