@@ -49,7 +49,7 @@ class SlowPrepareHandler(ProbeHandler):
     async def prepare(self) -> None:
         try:
             self.probe.suspended.set()
-            await asyncio.sleep(5)
+            await asyncio.sleep(float(self.get_argument("wait", "5")))
             self.probe.hit("prepared")
         finally:
             self.probe.hit("prepare-finally")
@@ -185,7 +185,7 @@ class BigFlushHandler(ProbeHandler):
             self.probe.suspended.set()
             await self.flush()
             self.probe.hit("after-flush")
-            await asyncio.sleep(5)
+            await asyncio.sleep(float(self.get_argument("wait", "5")))
             self.probe.hit("after-sleep")
         finally:
             self.probe.hit("finally")

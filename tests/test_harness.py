@@ -10,7 +10,15 @@ import tornado.web
 
 import demo_server
 from tests.support import Probe
-from tests.test_disconnect import SlowHandler, SlowPrepareHandler, SpawnHandler, TimerHandler
+from tests.test_disconnect import (
+    NestedHandler,
+    NoSuperCloseHandler,
+    SlowHandler,
+    SlowPrepareHandler,
+    SpawnHandler,
+    TimerHandler,
+    UploadHandler,
+)
 from tornado_jsonservlet import CancelOnDisconnectMixin, JsonResponseMixin, uncancellable
 from tornado_jsonservlet.testing import disconnect_at_every_await
 
@@ -63,6 +71,9 @@ def app() -> tornado.web.Application:
         (r"/t/prepare", SlowPrepareHandler, {"probe": probe}),
         (r"/t/timer", TimerHandler, {"probe": probe}),
         (r"/t/spawn", SpawnHandler, {"probe": probe}),
+        (r"/t/nosuper", NoSuperCloseHandler, {"probe": probe}),
+        (r"/t/nested", NestedHandler, {"probe": probe}),
+        (r"/t/upload", UploadHandler, {"probe": probe}),
     ]
     app.add_handlers(r".*$", rules)  # checked before the demo's own rules
     return app
@@ -77,6 +88,10 @@ CASES = [
     ("GET", "/t/slow?wait=0.02", {}),
     ("GET", "/t/timer?wait=0.02", {}),
     ("GET", "/t/spawn?wait=0.02", {}),
+    ("GET", "/t/nosuper?wait=0.02", {}),
+    ("GET", "/t/nested?wait=0.02", {}),
+    ("GET", "/t/prepare?wait=0.02", {}),
+    ("POST", "/t/upload?wait=0.02", {"body": "x" * 5000}),
 ]
 
 
