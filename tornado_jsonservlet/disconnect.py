@@ -73,7 +73,17 @@ def _cancellable_method(method: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(method)
     def cancellable(self: CancelOnDisconnectMixin, *args: Any, **kwargs: Any) -> Any:
-        return self._run_cancellable(method, is_uncancellable, args, kwargs)
+        if self._request_task is not None:
+            # Nested (``await super().get()``) or called from a child task: the
+            # outermost method owns the cancellation.
+            return method(self, *args, **kwargs)
+        allowed = self.cancel_on_disconnect and not is_uncancellable
+        if allowed and self._client_gone:
+            # Gone before this method started: do not start the work at all.
+            self._finish_as_disconnected()
+            return None
+        result = method(self, *args, **kwargs)
+        return None if result is None else self._await_cancellable(result, allowed)
 
     setattr(cancellable, _WRAPPED, True)
     return cancellable
@@ -205,28 +215,7 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
 
     # -- machinery -------------------------------------------------------------
 
-    def _run_cancellable(
-        self,
-        method: Callable[..., Any],
-        is_uncancellable: bool,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        cancellable = self.cancel_on_disconnect and not is_uncancellable
-        if self._request_task is None and cancellable and self._client_gone:
-            # Gone before this method started: do not start the work at all.
-            self._finish_as_disconnected()
-            return None
-        result = method(self, *args, **kwargs)
-        if result is None:
-            return None
-        return self._await_cancellable(result, cancellable)
-
     async def _await_cancellable(self, awaitable: Awaitable[Any], cancellable: bool) -> Any:
-        if self._request_task is not None:
-            # Nested (``await super().get()``) or called from a child task: the
-            # outermost method owns the cancellation.
-            return await awaitable
         task = asyncio.current_task()
         self._request_task = task
         self._request_task_cancellable = cancellable

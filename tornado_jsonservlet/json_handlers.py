@@ -31,7 +31,7 @@ __all__ = ["JsonBodyMixin", "JsonResponseMixin", "require"]
 
 _T = TypeVar("_T")
 
-_SLICE_BYTES = 128 * 1024
+_SLICE_BYTES = 32 * 1024
 _SAMPLE_ITEMS = 16
 # Below this many items a list is not worth estimating, let alone slicing: the
 # common small response then costs a length check, not a trial encoding.
@@ -88,7 +88,7 @@ async def encode_in_slices(
 ) -> list[bytes]:
     """Encode ``obj`` as chunks whose concatenation equals ``encode(obj)``.
 
-    ``found`` is ``_big_list(obj)``: the big list is encoded about 128 KB at a time,
+    ``found`` is ``_big_list(obj)``: the big list is encoded about 32 KB at a time,
     each slice on the low-priority lane; the rest of the document is encoded once.
     """
     key, items = found
@@ -100,7 +100,7 @@ async def encode_in_slices(
     while start < len(items):
         stop = min(len(items), start + step)
         piece = await lane.run(functools.partial(encode, items[start:stop], canonical=canonical))
-        # Keep each slice near 128 KB: estimates from a sample can be far off.
+        # Keep each slice near 32 KB: estimates from a sample can be far off.
         if len(piece) > 2:
             step = max(1, int(step * _SLICE_BYTES / len(piece)))
         if start:
@@ -169,7 +169,7 @@ class JsonResponseMixin(tornado.web.RequestHandler):
         if self.request.method == "HEAD":
             self.finish()
             return
-        # Coalesce into ~128 KB writes; release each chunk as soon as it is queued.
+        # Coalesce into ~32 KB writes; release each chunk as soon as it is queued.
         chunks.reverse()
         while chunks:
             pending = 0
