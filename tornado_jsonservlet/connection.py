@@ -169,6 +169,9 @@ class ClientConnectionMixin(tornado.web.RequestHandler):
         self._connection_closed()
         super().on_connection_close()
 
+    # Already does what the wrapper adds: subclasses that keep it are not re-wrapped.
+    setattr(on_connection_close, _WATCHES_CLOSE, True)
+
     # -- machinery -------------------------------------------------------------
 
     def _connection_closed(self) -> None:

@@ -134,7 +134,7 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
     _request_task: Optional[asyncio.Task[Any]] = None
     _request_task_cancellable: bool = False
     _cancel_sent: bool = False  # a cancellation of ours is on its way
-    _task_cancels: int = 0  # Task.cancel() calls of ours not yet matched by uncancel()
+    _task_cancelled: bool = False  # our Task.cancel() is not yet matched by uncancel()
     _shield_depth: int = 0
     _cancel_deferred: bool = False
     _timers: Optional[set[asyncio.TimerHandle]] = None
@@ -228,7 +228,7 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
             return None
         finally:
             self._request_task = None
-            self._forget_task_cancels(task)
+            self._forget_task_cancel(task)
 
     def _on_client_left(self) -> None:
         self._release_request_work()
@@ -249,8 +249,7 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
             task.get_loop().call_soon(self._cancel_request_task)
             return
         self._cancel_sent = True
-        if task.cancel():
-            self._task_cancels += 1
+        self._task_cancelled = task.cancel()
 
     def _deliver_deferred_cancel(self, *, raising_allowed: bool) -> None:
         task = self._request_task
@@ -266,20 +265,18 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
     def _is_own_cancellation(self, task: Optional[asyncio.Task[Any]]) -> bool:
         if not self._cancel_sent:
             return False
-        if task is not None and self._task_cancels and hasattr(task, "uncancel"):
-            self._task_cancels -= 1
+        if task is not None and self._task_cancelled and hasattr(task, "uncancel"):
+            self._task_cancelled = False
             # Anything left after removing ours was requested by someone else.
             return bool(task.uncancel() == 0)
         return True
 
-    def _forget_task_cancels(self, task: Optional[asyncio.Task[Any]]) -> None:
-        # The handler may have swallowed our CancelledError; undo the pending
-        # request count so later ``asyncio.timeout``/TaskGroup logic is not confused.
-        if task is not None and hasattr(task, "uncancel"):
-            while self._task_cancels:
-                self._task_cancels -= 1
-                task.uncancel()
-        self._task_cancels = 0
+    def _forget_task_cancel(self, task: Optional[asyncio.Task[Any]]) -> None:
+        # The handler may have swallowed our CancelledError; undo our pending
+        # request so later ``asyncio.timeout``/TaskGroup logic is not confused.
+        if self._task_cancelled and task is not None and hasattr(task, "uncancel"):
+            task.uncancel()
+        self._task_cancelled = False
 
     def _release_request_work(self) -> None:
         """Cancel the timers and child tasks that exist only for this request."""

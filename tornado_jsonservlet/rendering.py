@@ -213,15 +213,15 @@ class ErrorRenderingMixin(tornado.web.RequestHandler):
         log.error("Error handler %r returned %r, not an HTTPError or None", handler, result)
         return self._internal_error(exc), None
 
-    def _builtin_error(self, exc: BaseException) -> ServletError:
+    @staticmethod
+    def _builtin_error(exc: tornado.web.HTTPError) -> ServletError:
+        """An HTTPError as rendered: its reason phrase, never its ``log_message``."""
         if isinstance(exc, ServletError):
             return exc
-        if isinstance(exc, tornado.web.HTTPError):
-            status = exc.status_code
-            error = ServletError(status, exc.reason or reason_phrase(status))
-            error.reason = exc.reason or error.reason
-            return error
-        return self._internal_error(exc)
+        status = exc.status_code
+        error = ServletError(status, exc.reason or reason_phrase(status))
+        error.reason = exc.reason or error.reason
+        return error
 
     def _internal_error(self, exc: BaseException) -> ServletError:
         fields: dict[str, Any] = {}
@@ -232,9 +232,9 @@ class ErrorRenderingMixin(tornado.web.RequestHandler):
     def _log_outcome(
         self, exc: BaseException, error: Optional[ServletError], expected: Optional[bool]
     ) -> None:
-        summary = self._request_summary()
         if expected is None:
             return
+        summary = self._request_summary()
         if error is None:
             log.info("%s handled by its error handler: %s", type(exc).__name__, summary)
         elif not expected:
