@@ -22,7 +22,8 @@ from tests.test_disconnect import (
 from tornado_jsonservlet import CancelOnDisconnectMixin, JsonResponseMixin, uncancellable
 from tornado_jsonservlet.testing import disconnect_at_every_await
 
-pytestmark = pytest.mark.gen_test
+# Each case re-runs its request once per await point: allow for a loaded machine.
+pytestmark = pytest.mark.gen_test(timeout=30)
 
 #: Await points covered by this module, for the record (printed with -s).
 COVERED: dict[str, int] = {}

@@ -4,7 +4,7 @@ The parts, each in its own module and usable alone:
 
 * :mod:`~tornado_jsonservlet.connection` -- whether the client is still there;
 * :mod:`~tornado_jsonservlet.safe_output` -- output that cannot fail after a disconnect;
-* :mod:`~tornado_jsonservlet.disconnect` -- cancelling in-flight work on disconnect;
+* :mod:`~tornado_jsonservlet.disconnect` -- request cancellation (on disconnect, by default);
 * :mod:`~tornado_jsonservlet.errors` -- errors with machine-readable codes;
 * :mod:`~tornado_jsonservlet.rendering` -- JSON/HTML/negotiated error responses;
 * :mod:`~tornado_jsonservlet.cors` -- CORS headers on successes and errors alike;
@@ -19,7 +19,13 @@ The parts, each in its own module and usable alone:
 
 from .connection import CLIENT_CLOSED_REQUEST, ClientConnectionMixin
 from .cors import CorsMixin
-from .disconnect import CancelOnDisconnectMixin, uncancellable
+from .disconnect import (
+    CLIENT_LEFT,
+    CancelOnDisconnectMixin,
+    CancelReason,
+    cancellable,
+    uncancellable,
+)
 from .errors import (
     BadRequest,
     Conflict,
@@ -47,8 +53,10 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "CLIENT_CLOSED_REQUEST",
+    "CLIENT_LEFT",
     "BadRequest",
     "CancelOnDisconnectMixin",
+    "CancelReason",
     "ClientConnectionMixin",
     "Conflict",
     "CorsMixin",
@@ -76,6 +84,7 @@ __all__ = [
     "UnsupportedMediaType",
     "__version__",
     "active_backend",
+    "cancellable",
     "decode",
     "encode",
     "errcode_for_status",

@@ -12,16 +12,18 @@ to build on:
 * a ``@stream_request_body`` handler whose client leaves mid-upload is abandoned
   by Tornado without ever being finished, so the request is never logged.
 
-:class:`ClientConnectionMixin` closes those gaps and keeps the answer in a single
-flag. Every other part of the toolkit (safe output, cancellation) asks it rather
-than keeping its own notion of "gone": two mixins with two flags disagree exactly
-when it matters.
+:class:`ClientConnectionMixin` closes those gaps without touching the subclass's
+methods (applications introspect them): it registers its own close callbacks on
+the connection, which record the disconnect and then call whatever
+``on_connection_close`` the class has. The answer lives in a single flag. Every
+other part of the toolkit (safe output, cancellation) asks it rather than keeping
+its own notion of "gone": two mixins with two flags disagree exactly when it
+matters.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from typing import Any, Callable, Optional
 
@@ -37,8 +39,6 @@ CLIENT_CLOSED_REQUEST = 499
 CLIENT_CLOSED_REASON = "Client Closed Request"
 
 log = logging.getLogger("tornado_jsonservlet")
-
-_WATCHES_CLOSE = "_tornado_jsonservlet_watches_close"
 
 
 def abort_response(handler: tornado.web.RequestHandler) -> None:
@@ -58,35 +58,14 @@ def abort_response(handler: tornado.web.RequestHandler) -> None:
         handler.finish()
 
 
-def _watch_connection_close(
-    user_hook: Callable[[Any], None],
-) -> Callable[[ClientConnectionMixin], None]:
-    """Wrap a subclass's ``on_connection_close`` so detection cannot be skipped.
-
-    The wrapper records the disconnect first (so the subclass's hook already sees
-    ``client_disconnected``), then runs the subclass's hook, then Tornado's own,
-    which an override without ``super()`` would otherwise drop. Tornado's hook is
-    idempotent, so running it twice when the override does call ``super()`` is safe.
-    """
-
-    @functools.wraps(user_hook)
-    def on_connection_close(self: ClientConnectionMixin) -> None:
-        self._connection_closed()
-        user_hook(self)
-        tornado.web.RequestHandler.on_connection_close(self)
-
-    setattr(on_connection_close, _WATCHES_CLOSE, True)
-    return on_connection_close
-
-
 class ClientConnectionMixin(tornado.web.RequestHandler):
     """Tracks whether the client left before the response was finished.
 
     A client counts as gone when, before ``finish()``:
 
-    * Tornado calls ``on_connection_close`` (FIN or RST while the handler works,
-      or during a streamed upload), even if a subclass overrides it without
-      ``super()``;
+    * the connection reports its close (FIN or RST while the handler works, or
+      during a streamed upload), even if a subclass overrides
+      ``on_connection_close`` without ``super()``;
     * the connection is already closed when the handler is created: nothing but
       the client can have closed it at that point;
     * a write fails with ``StreamClosedError`` (reported by the safe-output layer).
@@ -104,12 +83,6 @@ class ClientConnectionMixin(tornado.web.RequestHandler):
     _disconnect_callbacks: Optional[list[tuple[Callable[..., object], tuple[Any, ...]]]] = None
     _disconnect_waiter: Optional[asyncio.Future[None]] = None
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        hook = cls.on_connection_close
-        if not getattr(hook, _WATCHES_CLOSE, False):
-            cls.on_connection_close = _watch_connection_close(hook)  # type: ignore[method-assign,assignment]
-
     def __init__(
         self,
         application: tornado.web.Application,
@@ -122,8 +95,20 @@ class ClientConnectionMixin(tornado.web.RequestHandler):
         # fires. Before the handler has written anything, only the client can have
         # closed the stream, so a closed stream here is a disconnect.
         stream = getattr(request.connection, "stream", None)
-        if stream is not None and stream.closed():
+        # ``is True``: a test double's ``closed()`` returns a truthy mock.
+        if stream is not None and stream.closed() is True:
             self._client_left()
+            return
+        # Tornado registered ``self.on_connection_close`` as the close callback;
+        # ours records the disconnect first, whatever the subclass's hook does.
+        set_close_callback = getattr(request.connection, "set_close_callback", None)
+        if set_close_callback is not None:
+            set_close_callback(self._on_close_callback)
+        if stream is not None and tornado.web._has_stream_request_body(type(self)):
+            # While a streamed body is still arriving, Tornado reports a close only
+            # by calling ``on_connection_close`` directly; the stream's own close
+            # callback is free until the body is read (Tornado then takes it over).
+            stream.set_close_callback(self._on_close_during_upload)
 
     # -- public API ------------------------------------------------------------
 
@@ -169,10 +154,33 @@ class ClientConnectionMixin(tornado.web.RequestHandler):
         self._connection_closed()
         super().on_connection_close()
 
-    # Already does what the wrapper adds: subclasses that keep it are not re-wrapped.
-    setattr(on_connection_close, _WATCHES_CLOSE, True)
-
     # -- machinery -------------------------------------------------------------
+
+    def _on_close_callback(self) -> None:
+        """The connection closed: record it, then run the class's hook and Tornado's.
+
+        Tornado's own ``on_connection_close`` (it fails a pending streamed body) is
+        idempotent, so running it after an override that already called ``super()``
+        is harmless, and running it after one that did not is what keeps Tornado
+        from waiting forever for that body.
+        """
+        if self._finished:
+            return
+        self._connection_closed()
+        self.on_connection_close()
+        tornado.web.RequestHandler.on_connection_close(self)
+
+    def _on_close_during_upload(self) -> None:
+        """The stream closed while a streamed body was arriving.
+
+        Tornado also calls the class's ``on_connection_close`` in that case, so it is
+        not called again here; Tornado's own hook is, so that the body future fails
+        even when the override skips ``super()``.
+        """
+        if self._finished:
+            return
+        self._connection_closed()
+        tornado.web.RequestHandler.on_connection_close(self)
 
     def _connection_closed(self) -> None:
         """Tornado reported the connection closed while the handler was working."""

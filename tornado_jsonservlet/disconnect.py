@@ -1,92 +1,130 @@
-"""Cancel on disconnect: stop a handler's work the moment its client leaves.
+"""Request cancellation: stop a handler's work the moment nobody wants its answer.
 
-What happens
-------------
-Tornado runs each request's ``prepare()`` and HTTP-verb method inside one asyncio
-task. When the client disconnects while that code is suspended at an ``await``,
-:class:`CancelOnDisconnectMixin` cancels the task. ``asyncio.CancelledError`` is
-raised at that ``await``, so ``finally`` blocks and ``async with`` exits run as
-usual. When it reaches the mixin again, the mixin swallows it, finishes the
-request without sending anything, and the access log records one line with
-status 499.
+Cancellation, the concept
+-------------------------
+A request is *cancelled* for a :class:`CancelReason`: its client left
+(:data:`CLIENT_LEFT`, the common case), its deadline passed, or the server is
+shutting down. Whatever the reason, the same things happen:
 
-Only cancellations the mixin started are handled this way. Any other one (server
-shutdown, a test's teardown, ``task.cancel()`` by application code) propagates
-exactly as in plain Tornado. The mixin tells them apart with
-``Task.cancelling()`` on Python 3.11+; on 3.9/3.10, which lack it, a foreign
-cancellation that coincides with a disconnect is treated as the disconnect.
+1. the timers (``call_later``) and child tasks (``spawn``) owned by the request
+   are cancelled: they exist for this response only;
+2. if the request is *cancellable* (see the policy below), its task is cancelled:
+   ``asyncio.CancelledError`` is raised at the ``await`` where ``prepare()`` or
+   the HTTP-verb method is suspended, so ``finally`` blocks and ``async with``
+   exits run as usual;
+3. the cancellation is absorbed at one point, Tornado's ``_execute``, which runs
+   the whole request in its task; the request is then finished with the reason's
+   outcome: nothing sent and status 499 in the access log when the client left,
+   an error response otherwise (504 for a deadline, for example).
 
-What else belongs to the request
---------------------------------
-* ``call_later`` timers and ``spawn`` child tasks are cancelled on disconnect and
-  when the request finishes: they exist for this response only.
-* ``add_disconnect_callback``/``on_disconnect`` run once, on disconnect only.
-* ``async with self.shielded():`` delays the cancellation until the block ends,
-  for work that must not be interrupted halfway (a two-step write, say).
-* ``@uncancellable`` on a method, or ``cancel_on_disconnect = False`` on the
-  class, opts out: the work runs to completion, its output is dropped quietly.
+Only cancellations the toolkit started are absorbed. Any other one (server
+shutdown by the application, a test's teardown, ``task.cancel()`` by application
+code) propagates exactly as in plain Tornado. They are told apart with
+``Task.cancelling()``/``uncancel()`` on Python 3.11+; on 3.9/3.10, which lack
+them, a foreign cancellation that coincides with one of ours counts as ours.
 
-How the mixin finds the task
-----------------------------
-Nothing in Tornado stores the request's task on the handler. At class creation
-the mixin wraps ``prepare`` and each HTTP-verb method; the wrapper notes
-``asyncio.current_task()`` while the method is suspended and handles the
-cancellation where it surfaces. So the same result (499, no ERROR) is reached on
-every supported Tornado, whether its ``_execute`` answers a cancelled task with
-a 500 (6.6) or lets it escape (6.4, 6.5): the cancellation never reaches it.
+Which requests are cancelled: the policy
+----------------------------------------
+Cancelling a request that changes state can cut it in half: a ``POST`` that
+started a resource and was about to record it leaves the resource orphaned. So
+by default only the *safe* methods, GET, HEAD and OPTIONS, are cancelled. A
+``POST``, ``PUT``, ``PATCH`` or ``DELETE`` whose client leaves runs to
+completion; its output is dropped quietly and the request is logged as 499.
+
+* ``@cancellable`` on a verb method opts that method in;
+* ``@uncancellable`` on a verb method opts it out;
+* ``cancel_policy`` on the class sets the default: ``"safe"`` (the default),
+  ``"all"`` or ``"none"``. Disconnect detection and safe output stay on.
+* ``async with self.shielded():`` protects a critical section of a cancellable
+  request: the cancellation is delivered when the block ends.
+
+How the task is found, and why no method is wrapped
+---------------------------------------------------
+Applications introspect their handler methods (``__code__``,
+``inspect.iscoroutinefunction``, decorators' ``__wrapped__``), so the mixin
+never replaces them. Tornado runs ``RequestHandler._execute`` as the request's
+task; the mixin overrides ``_execute``, notes ``asyncio.current_task()`` there,
+and absorbs its own cancellation when it comes back out. Tornado 6.6 answers a
+cancelled handler task with ``send_error(500)`` before re-raising, and 6.4/6.5
+let the cancellation escape; the mixin gives the same result on all three.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+from collections.abc import Coroutine
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Awaitable, Callable, Coroutine, Optional, TypeVar
+from typing import Any, Callable, ClassVar, Literal, Optional, TypeVar, Union
 
 import tornado.web
+from tornado.log import access_log
 
-from .connection import log
+from .connection import CLIENT_CLOSED_REQUEST
+from .errors import ServletError
 from .safe_output import SafeWriteMixin
 
-__all__ = ["CancelOnDisconnectMixin", "uncancellable"]
+__all__ = [
+    "CLIENT_LEFT",
+    "SAFE_METHODS",
+    "CancelOnDisconnectMixin",
+    "CancelPolicy",
+    "CancelReason",
+    "cancellable",
+    "uncancellable",
+]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _T = TypeVar("_T")
 
-_UNCANCELLABLE = "_tornado_jsonservlet_uncancellable"
-_WRAPPED = "_tornado_jsonservlet_cancellable"
+#: Methods that must not change server state (RFC 9110, 9.2.1): cancelled by default.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+CancelPolicy = Literal["safe", "all", "none"]
+_POLICIES = ("safe", "all", "none")
+
+_CANCEL_MARK = "_tornado_jsonservlet_cancel"
 
 
-def uncancellable(method: _F) -> _F:
-    """Mark ``prepare`` or an HTTP-verb method to run to completion after a disconnect.
+@dataclass(frozen=True)
+class CancelReason:
+    """Why a request's work is cancelled, and how the request then ends.
 
-    The disconnect is still detected (``client_disconnected``, callbacks, hooks)
-    and output is still dropped safely; only the cancellation is skipped. Use it for
-    work whose side effects must complete, such as a payment.
+    ``status``, ``errcode`` and ``message`` make the error response sent when
+    the cancellation is absorbed; for :data:`CLIENT_LEFT` nothing is sent (there is
+    nobody to send it to) and ``status`` is what the access log records.
     """
-    setattr(method, _UNCANCELLABLE, True)
+
+    status: int
+    errcode: str
+    message: str
+
+
+#: The client disconnected: logged as 499, nothing sent.
+CLIENT_LEFT = CancelReason(CLIENT_CLOSED_REQUEST, "CLIENT_CLOSED_REQUEST", "Client closed request")
+
+
+def cancellable(method: _F) -> _F:
+    """Mark an HTTP-verb method to be cancelled when its client leaves.
+
+    For mutating methods (POST, PUT, PATCH, DELETE), which run to completion by
+    default. Make sure a cancellation at any ``await`` leaves consistent state, or
+    protect the critical steps with ``async with self.shielded():``. Returns the
+    method itself: nothing is wrapped.
+    """
+    setattr(method, _CANCEL_MARK, True)
     return method
 
 
-def _cancellable_method(method: Callable[..., Any]) -> Callable[..., Any]:
-    is_uncancellable = getattr(method, _UNCANCELLABLE, False)
+def uncancellable(method: _F) -> _F:
+    """Mark an HTTP-verb method to run to completion after its client leaves.
 
-    @functools.wraps(method)
-    def cancellable(self: CancelOnDisconnectMixin, *args: Any, **kwargs: Any) -> Any:
-        if self._request_task is not None:
-            # Nested (``await super().get()``) or called from a child task: the
-            # outermost method owns the cancellation.
-            return method(self, *args, **kwargs)
-        allowed = self.cancel_on_disconnect and not is_uncancellable
-        if allowed and self._client_gone:
-            # Gone before this method started: do not start the work at all.
-            self._finish_as_disconnected()
-            return None
-        result = method(self, *args, **kwargs)
-        return None if result is None else self._await_cancellable(result, allowed)
-
-    setattr(cancellable, _WRAPPED, True)
-    return cancellable
+    The disconnect is still detected (``client_disconnected``, callbacks, hooks)
+    and output is still dropped safely; only the cancellation is skipped. Returns
+    the method itself: nothing is wrapped.
+    """
+    setattr(method, _CANCEL_MARK, False)
+    return method
 
 
 class _Shield:
@@ -108,9 +146,16 @@ class _Shield:
     ) -> None:
         handler = self._handler
         handler._shield_depth -= 1
-        if handler._shield_depth == 0 and handler._cancel_deferred:
-            handler._cancel_deferred = False
-            handler._deliver_deferred_cancel(raising_allowed=typ is None)
+        if handler._shield_depth or handler._cancel_reason is None:
+            return
+        task = handler._request_task
+        if typ is None and task is not None and task is asyncio.current_task():
+            # Leaving the shield inside the request's own task: land the
+            # cancellation right here, so nothing after the block runs.
+            if handler._cancel_task(task, now=True):
+                await asyncio.sleep(0)
+        else:
+            handler._deliver_cancel()
 
 
 class CancelOnDisconnectMixin(SafeWriteMixin):
@@ -120,36 +165,45 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
 
         class ReportHandler(CancelOnDisconnectMixin, tornado.web.RequestHandler):
             async def get(self):
-                rows = await db.fetch_report()   # cancelled here if the client leaves
+                rows = await fetch_report()   # cancelled here if the client leaves
                 self.write({"rows": rows})
 
-    Output methods are safe after a disconnect (this mixin includes
-    :class:`~tornado_jsonservlet.safe_output.SafeWriteMixin`). While the client
-    stays connected, the handler behaves exactly as without the mixin.
+    GET, HEAD and OPTIONS are cancelled by default; see the module documentation
+    for the policy. Output methods are safe after a disconnect (this mixin
+    includes :class:`~tornado_jsonservlet.safe_output.SafeWriteMixin`). While the
+    client stays connected, the handler behaves exactly as without the mixin.
     """
 
-    #: Set to False on a class to keep its methods running after a disconnect.
-    cancel_on_disconnect: bool = True
+    #: Which requests a disconnect cancels: ``"safe"`` (GET/HEAD/OPTIONS), ``"all"``
+    #: or ``"none"``. ``@cancellable``/``@uncancellable`` on a verb method win.
+    cancel_policy: ClassVar[CancelPolicy] = "safe"
 
+    # Per-request state; class-level defaults keep a connected request allocation-free.
     _request_task: Optional[asyncio.Task[Any]] = None
-    _request_task_cancellable: bool = False
-    _cancel_sent: bool = False  # a cancellation of ours is on its way
-    _task_cancelled: bool = False  # our Task.cancel() is not yet matched by uncancel()
+    _cancel_reason: Optional[CancelReason] = None  # set once, when cancellation starts
+    _cancel_in_flight: bool = False  # our task.cancel() is not yet absorbed
     _shield_depth: int = 0
-    _cancel_deferred: bool = False
-    _timers: Optional[set[asyncio.TimerHandle]] = None
-    _children: Optional[set[asyncio.Task[Any]]] = None
+    _owned: Optional[set[Union[asyncio.TimerHandle, asyncio.Task[Any]]]] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        names = ["prepare"] + [method.lower() for method in cls.SUPPORTED_METHODS]
-        for name in names:
-            method = getattr(cls, name, None)
-            if method is None or getattr(method, _WRAPPED, False):
-                continue
-            if method in (tornado.web.RequestHandler.get, tornado.web.RequestHandler.prepare):
-                continue  # Tornado's 405 stub or empty prepare: nothing to cancel
-            setattr(cls, name, _cancellable_method(method))
+        if "cancel_on_disconnect" in cls.__dict__:
+            raise TypeError(
+                f"{cls.__name__}.cancel_on_disconnect was replaced by cancel_policy: "
+                'use cancel_policy = "none" (or "safe", the default, or "all")'
+            )
+        if cls.cancel_policy not in _POLICIES:
+            raise ValueError(
+                f"{cls.__name__}.cancel_policy must be one of {_POLICIES}, "
+                f"not {cls.cancel_policy!r}"
+            )
+        prepare = cls.__dict__.get("prepare")
+        if prepare is not None and hasattr(prepare, _CANCEL_MARK):
+            raise TypeError(
+                f"{cls.__name__}.prepare: @cancellable/@uncancellable apply to HTTP-verb "
+                "methods (the verb decides for the whole request); protect steps of "
+                "prepare() with 'async with self.shielded():'"
+            )
 
     # -- public API ------------------------------------------------------------
 
@@ -167,44 +221,117 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
     ) -> asyncio.TimerHandle:
         """Schedule ``callback(*args)`` after ``delay`` seconds, for this request only.
 
-        The timer is cancelled if the client disconnects or the request finishes
-        first. The returned handle can be cancelled earlier as usual.
+        The timer is cancelled if the request is cancelled (its client left, say)
+        or finishes first. The returned handle can be cancelled earlier as usual.
         """
         loop = asyncio.get_running_loop()
-        if self._client_gone or self._finished:
+        if self._cancel_reason is not None or self._finished:
             handle = loop.call_later(delay, callback, *args)
             handle.cancel()
             return handle
-        timers = self._timers
-        if timers is None:
-            timers = self._timers = set()
+        owned = self._owned_work()
 
         def fire() -> None:
-            timers.discard(handle)
+            owned.discard(handle)
             callback(*args)
 
         handle = loop.call_later(delay, fire)
-        timers.add(handle)
+        owned.add(handle)
         return handle
 
     def spawn(self, coro: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
         """Run ``coro`` as a child task owned by this request.
 
-        The child is cancelled when the client disconnects or the request finishes.
-        An exception it raises is logged at ERROR (it is a bug); its cancellation
-        is not. Await the returned task to use its result.
+        The child is cancelled when the request is cancelled or finishes. Await the
+        returned task to use its result or handle its exception. An exception
+        nobody retrieves is reported by asyncio, once, when the task is garbage
+        collected ("Task exception was never retrieved"); one that the handler
+        awaited, or got through ``task.exception()``, is not reported.
         """
         task = asyncio.ensure_future(coro)
-        if self._client_gone or self._finished:
+        if self._cancel_reason is not None or self._finished:
             task.cancel()
         else:
-            if self._children is None:
-                self._children = set()
-            self._children.add(task)
-        task.add_done_callback(self._child_done)
+            owned = self._owned_work()
+            owned.add(task)
+            task.add_done_callback(owned.discard)
         return task
 
+    def cancel_request(self, reason: CancelReason) -> None:
+        """Cancel this request's work for ``reason``; see the module documentation.
+
+        The first reason wins; later calls, and calls after the request finished,
+        do nothing. Safe to call from any callback on the request's event loop.
+        """
+        if self._cancel_reason is not None or self._finished:
+            return
+        self._cancel_reason = reason
+        self._release_request_work()
+        self._deliver_cancel()
+
     # -- Tornado hooks ---------------------------------------------------------
+
+    async def _execute(
+        self, transforms: list[tornado.web.OutputTransform], *args: bytes, **kwargs: bytes
+    ) -> None:
+        # The one absorption point: Tornado runs the whole request (prepare, body,
+        # verb) inside this coroutine's task, the same signature on 6.4 to 6.6.
+        task = asyncio.current_task()
+        self._request_task = task
+        try:
+            if self._cancel_reason is not None and self._is_cancellable():
+                # Cancelled before the handler started (a client that sent its
+                # request and reset at once): do not start the work at all.
+                self._transforms = transforms
+                self._finish_cancelled()
+                prepared: Optional[asyncio.Future[None]] = getattr(self, "_prepared_future", None)
+                if prepared is not None and not prepared.done():
+                    prepared.set_result(None)  # releases a waiting streamed-body reader
+                return
+            await super()._execute(transforms, *args, **kwargs)
+        except asyncio.CancelledError:
+            if not self._absorb_own_cancel(task):
+                raise
+            self._finish_cancelled()
+        finally:
+            self._request_task = None
+            if self._cancel_in_flight:
+                # The handler swallowed our CancelledError: take back our request so
+                # asyncio.timeout/TaskGroup logic around the task is not confused.
+                self._absorb_own_cancel(task)
+
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        if (
+            self._cancel_in_flight
+            and "exc_info" not in kwargs
+            and asyncio.current_task() is self._request_task
+        ):
+            # Tornado 6.6 answers its task's cancellation with a plain 500. When
+            # the cancellation is ours, the request ends with our outcome instead.
+            self._finish_cancelled()
+            return
+        super().send_error(status_code, **kwargs)
+
+    def _log(self) -> None:
+        reason = self._cancel_reason
+        if (
+            reason is not None
+            and reason.status >= 500
+            and self.get_status() == reason.status
+            and "log_function" not in self.settings
+            and type(self.application).log_request is tornado.web.Application.log_request
+        ):
+            # Tornado logs a 5xx at ERROR, where alerting listens. A request that
+            # the toolkit cancelled on purpose (a deadline, a shutdown) is expected:
+            # the same line, at WARNING.
+            access_log.warning(
+                "%d %s %.2fms",
+                reason.status,
+                self._request_summary(),
+                1000.0 * self.request.request_time(),
+            )
+            return
+        super()._log()
 
     def finish(self, chunk: Any = None) -> asyncio.Future[None]:
         try:
@@ -215,83 +342,70 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
 
     # -- machinery -------------------------------------------------------------
 
-    async def _await_cancellable(self, awaitable: Awaitable[Any], cancellable: bool) -> Any:
-        task = asyncio.current_task()
-        self._request_task = task
-        self._request_task_cancellable = cancellable
-        try:
-            return await awaitable
-        except asyncio.CancelledError:
-            if not self._is_own_cancellation(task):
-                raise
-            self._finish_as_disconnected()
-            return None
-        finally:
-            self._request_task = None
-            self._forget_task_cancel(task)
-
     def _on_client_left(self) -> None:
+        # Release first, so disconnect hooks already see a quiet request; then the
+        # hooks and callbacks; then the cancellation, delivered at the next await.
         self._release_request_work()
         super()._on_client_left()
-        self._cancel_request_task()
+        self.cancel_request(CLIENT_LEFT)
 
-    def _cancel_request_task(self) -> None:
+    def _verb_function(self) -> Any:
+        """The function that serves this request's method; it may carry a mark."""
+        return getattr(type(self), (self.request.method or "").lower(), None)
+
+    def _is_cancellable(self) -> bool:
+        mark = getattr(self._verb_function(), _CANCEL_MARK, None)
+        if mark is not None:
+            return bool(mark)
+        policy = self.cancel_policy
+        return policy == "all" or (policy == "safe" and self.request.method in SAFE_METHODS)
+
+    def _deliver_cancel(self) -> None:
+        """Cancel the request's task, if it runs, may be cancelled and is not shielded."""
         task = self._request_task
-        if task is None or not self._request_task_cancellable or self._cancel_sent:
-            return
-        if self._shield_depth:
-            self._cancel_deferred = True
-            return
-        if task is asyncio.current_task():
-            # Detected from inside the task itself: a cancel() now would only land
-            # at its next await, or cancel the whole task if there is none. Deliver
-            # it once the task is suspended.
-            task.get_loop().call_soon(self._cancel_request_task)
-            return
-        self._cancel_sent = True
-        self._task_cancelled = task.cancel()
+        if task is None or self._shield_depth or not self._is_cancellable():
+            return  # not started (``_execute`` checks), shielded, or opted out
+        self._cancel_task(task, now=task is not asyncio.current_task())
 
-    def _deliver_deferred_cancel(self, *, raising_allowed: bool) -> None:
-        task = self._request_task
-        if task is None or self._cancel_sent:
-            return
-        if raising_allowed and task is asyncio.current_task():
-            # Leaving the shield inside the request task: land the cancellation
-            # right here so nothing after the block runs.
-            self._cancel_sent = True
-            raise asyncio.CancelledError()
-        self._cancel_request_task()
-
-    def _is_own_cancellation(self, task: Optional[asyncio.Task[Any]]) -> bool:
-        if not self._cancel_sent:
+    def _cancel_task(self, task: asyncio.Task[Any], *, now: bool) -> bool:
+        if self._cancel_in_flight or task.done():
             return False
-        if task is not None and self._task_cancelled and hasattr(task, "uncancel"):
-            self._task_cancelled = False
-            # Anything left after removing ours was requested by someone else.
-            return bool(task.uncancel() == 0)
+        if not now:
+            # Detected from inside the task (a failed flush, say): a cancel() now
+            # would also cancel the task if it returned without another await, and
+            # Tornado 6.4/6.5 would log that. Deliver it once the task is suspended.
+            task.get_loop().call_soon(self._deliver_cancel)
+            return False
+        self._cancel_in_flight = True
+        task.cancel()
         return True
 
-    def _forget_task_cancel(self, task: Optional[asyncio.Task[Any]]) -> None:
-        # The handler may have swallowed our CancelledError; undo our pending
-        # request so later ``asyncio.timeout``/TaskGroup logic is not confused.
-        if self._task_cancelled and task is not None and hasattr(task, "uncancel"):
-            task.uncancel()
-        self._task_cancelled = False
+    def _absorb_own_cancel(self, task: Optional[asyncio.Task[Any]]) -> bool:
+        """Take back our cancellation; True if no one else also cancelled the task."""
+        if not self._cancel_in_flight:
+            return False
+        self._cancel_in_flight = False
+        uncancel = getattr(task, "uncancel", None)
+        return uncancel is None or uncancel() == 0
+
+    def _finish_cancelled(self) -> None:
+        """End a cancelled request with its reason's outcome."""
+        reason = self._cancel_reason
+        if self._finished or reason is None:
+            return
+        if reason is CLIENT_LEFT or self._client_gone:
+            self._finish_as_disconnected()
+            return
+        error = ServletError(reason.status, reason.message, reason.errcode)
+        self.send_error(reason.status, exc_info=(type(error), error, None))
+
+    def _owned_work(self) -> set[Union[asyncio.TimerHandle, asyncio.Task[Any]]]:
+        if self._owned is None:
+            self._owned = set()
+        return self._owned
 
     def _release_request_work(self) -> None:
         """Cancel the timers and child tasks that exist only for this request."""
-        timers, self._timers = self._timers, None
-        for handle in timers or ():
-            handle.cancel()
-        children, self._children = self._children, None
-        for child in children or ():
-            child.cancel()
-
-    def _child_done(self, task: asyncio.Task[Any]) -> None:
-        if self._children is not None:
-            self._children.discard(task)
-        if task.cancelled():
-            return
-        error = task.exception()
-        if error is not None:
-            log.error("Exception in task spawned by %r", self, exc_info=error)
+        owned, self._owned = self._owned, None
+        for work in owned or ():
+            work.cancel()

@@ -326,6 +326,7 @@ def _bound_route(fn: Callable[..., Any]) -> Callable[..., Any]:
         return fn(self, **params)
 
     call.__name__ = fn.__name__
+    call.__dict__.update(fn.__dict__)  # marks such as @cancellable apply to the route
     return call
 
 

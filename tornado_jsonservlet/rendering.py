@@ -25,14 +25,23 @@ How an exception becomes a response
 
 Logging policy
 --------------
-* 4xx (and redirects): one INFO line with status, errcode and message.
-* 5xx raised on purpose: one WARNING line.
-* 5xx from an unexpected exception: exactly one ERROR record, with the traceback.
-  (Tornado's access log still records the request separately.)
-* After the client disconnected: nothing is rendered and nothing is logged at ERROR.
+Records go where Tornado puts them, so existing alerting keeps working:
+
+* An unexpected exception that becomes a 500 is logged exactly once, at ERROR
+  with its traceback, by ``RequestHandler.log_exception`` on the
+  ``tornado.application`` logger; an application's ``log_exception`` override
+  anywhere in the MRO still runs. This does not depend on this module's
+  ``write_error`` running: applications override ``write_error`` too.
+* A deliberate ``HTTPError``: one line on ``tornado.general``, INFO for 4xx and
+  redirects, WARNING for 5xx, with status, errcode, message and the internal
+  ``log_message``; never ERROR.
+* An exception mapped by an error handler: one line once the handler's outcome
+  is known.
+* After the client disconnected: nothing is rendered and nothing is logged at
+  ERROR (a bug is a WARNING).
 * An exception after the headers were sent cannot become an error response: the
   connection is aborted, so the client sees a truncated response rather than a
-  corrupt "success", and the exception is logged once.
+  corrupt "success". A response that was already *finished* is not aborted.
 """
 
 from __future__ import annotations
@@ -47,6 +56,8 @@ from typing import Any, Callable, ClassVar, Optional, Union
 import jinja2
 import markupsafe
 import tornado.web
+from tornado.iostream import StreamClosedError
+from tornado.log import app_log, gen_log
 
 from .connection import abort_response
 from .errors import ServletError, reason_phrase
@@ -61,7 +72,6 @@ __all__ = [
     "preferred_media_type",
 ]
 
-log = logging.getLogger("tornado_jsonservlet.errors")
 
 #: ``handler(request_handler, exception)`` -> an error to render, or None if it wrote one.
 ErrorHandler = Callable[[Any, Any], Optional[tornado.web.HTTPError]]
@@ -83,6 +93,55 @@ def _internal_detail(exc: BaseException) -> str:
 
 def _bodiless(status: int) -> bool:
     return status in (204, 304) or 100 <= status < 200 or 300 <= status < 400
+
+
+def _builtin_error(exc: tornado.web.HTTPError) -> ServletError:
+    """An HTTPError as rendered: its reason phrase, never its ``log_message``."""
+    if isinstance(exc, ServletError):
+        return exc
+    status = exc.status_code
+    error = ServletError(status, exc.reason or reason_phrase(status))
+    error.reason = exc.reason or error.reason
+    return error
+
+
+def _render_http_error(handler: Any, error: tornado.web.HTTPError) -> tornado.web.HTTPError:
+    """The built-in error handler: an HTTPError renders as itself."""
+    return error
+
+
+def _log_http_error(
+    handler: tornado.web.RequestHandler, error: ServletError, exc: BaseException
+) -> None:
+    """One line for a deliberate error, where Tornado logs HTTP errors; never ERROR."""
+    level = logging.WARNING if error.code >= 500 else logging.INFO
+    detail = _internal_detail(exc)
+    gen_log.log(
+        level,
+        "%d %s: %s (%s)%s",
+        error.code,
+        error.errcode,
+        error.msg,
+        handler._request_summary(),
+        f" -- {detail}" if detail else "",
+    )
+
+
+@functools.cache
+def _has_application_log_exception(cls: Any) -> bool:
+    """Whether a class other than the toolkit's and Tornado's overrides ``log_exception``.
+
+    For a deliberate HTTPError the mixin logs its own line instead of Tornado's;
+    an application's override further down the MRO must still run.
+    """
+    for klass in cls.__mro__[1:]:
+        if klass is tornado.web.RequestHandler:
+            return False
+        if "log_exception" in klass.__dict__ and not klass.__module__.startswith(
+            "tornado_jsonservlet."
+        ):
+            return True
+    return False
 
 
 class ErrorRenderingMixin(tornado.web.RequestHandler):
@@ -139,35 +198,35 @@ class ErrorRenderingMixin(tornado.web.RequestHandler):
         value: Optional[BaseException],
         tb: Optional[TracebackType],
     ) -> None:
-        if value is None:
+        if value is None or isinstance(value, StreamClosedError):
+            super().log_exception(typ, value, tb)
             return
         if getattr(self, "client_disconnected", False):
             # Nobody is waiting for the answer; a bug is still worth a warning.
             if not isinstance(value, tornado.web.HTTPError):
-                log.warning(
+                app_log.warning(
                     "Exception after client disconnected: %s",
                     self._request_summary(),
-                    exc_info=value,
+                    exc_info=(typ, value, tb),  # type: ignore[arg-type]
                 )
             return
-        if self._finished or self._headers_written:
-            # No error response can follow (the connection is aborted), so log now.
-            if isinstance(value, tornado.web.HTTPError):
-                log.warning(
-                    "%d raised after the response started; connection aborted: %s",
-                    value.status_code,
-                    self._request_summary(),
-                )
-            else:
-                log.error("Uncaught exception %s", self._request_summary(), exc_info=value)
+        handler = self.find_error_handler(value)
+        if handler is _render_http_error and isinstance(value, tornado.web.HTTPError):
+            _log_http_error(self, _builtin_error(value), value)
+            if _has_application_log_exception(type(self)):  # type: ignore[arg-type]
+                super().log_exception(typ, value, tb)
             return
-        # An error response follows; write_error logs it once the outcome is known.
+        if handler is None or self._finished or self._headers_written:
+            super().log_exception(typ, value, tb)  # Tornado's "Uncaught exception"
+            return
+        # An error handler decides the outcome; write_error logs it once known
+        # (or send_error, should an overridden write_error never get there).
         self._pending_log = value
 
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
         if self._headers_written and not self._finished:
             if "exc_info" not in kwargs:
-                log.error(
+                app_log.error(
                     "Error %d after the headers were sent; connection aborted: %s",
                     status_code,
                     self._request_summary(),
@@ -175,7 +234,17 @@ class ErrorRenderingMixin(tornado.web.RequestHandler):
             self.set_status(status_code)  # for the access log only
             abort_response(self)
             return
-        super().send_error(status_code, **kwargs)
+        try:
+            super().send_error(status_code, **kwargs)
+        finally:
+            pending, self._pending_log = self._pending_log, None
+            if pending is not None:
+                # An overridden write_error rendered it without this mixin's help:
+                # Tornado made it a 500 (or the HTTPError's status).
+                if isinstance(pending, tornado.web.HTTPError):
+                    _log_http_error(self, _builtin_error(pending), pending)
+                else:
+                    super().log_exception(type(pending), pending, pending.__traceback__)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc: Optional[BaseException] = kwargs["exc_info"][1] if "exc_info" in kwargs else None
@@ -204,24 +273,14 @@ class ErrorRenderingMixin(tornado.web.RequestHandler):
         try:
             result: object = handler(self, exc)
         except Exception:
-            log.error("Error handler %r failed while handling %r", handler, exc, exc_info=True)
+            app_log.error("Error handler %r failed while handling %r", handler, exc, exc_info=True)
             return self._internal_error(exc), None
         if result is None:
             return None, True
         if isinstance(result, tornado.web.HTTPError):
-            return self._builtin_error(result), True
-        log.error("Error handler %r returned %r, not an HTTPError or None", handler, result)
+            return _builtin_error(result), True
+        app_log.error("Error handler %r returned %r, not an HTTPError or None", handler, result)
         return self._internal_error(exc), None
-
-    @staticmethod
-    def _builtin_error(exc: tornado.web.HTTPError) -> ServletError:
-        """An HTTPError as rendered: its reason phrase, never its ``log_message``."""
-        if isinstance(exc, ServletError):
-            return exc
-        status = exc.status_code
-        error = ServletError(status, exc.reason or reason_phrase(status))
-        error.reason = exc.reason or error.reason
-        return error
 
     def _internal_error(self, exc: BaseException) -> ServletError:
         fields: dict[str, Any] = {}
@@ -232,25 +291,17 @@ class ErrorRenderingMixin(tornado.web.RequestHandler):
     def _log_outcome(
         self, exc: BaseException, error: Optional[ServletError], expected: Optional[bool]
     ) -> None:
+        """Log an exception that an error handler turned into ``error``."""
         if expected is None:
-            return
-        summary = self._request_summary()
+            return  # the broken error handler was logged already
         if error is None:
-            log.info("%s handled by its error handler: %s", type(exc).__name__, summary)
-        elif not expected:
-            log.error("Uncaught exception %s", summary, exc_info=exc)
-        else:
-            level = logging.WARNING if error.code >= 500 else logging.INFO
-            detail = _internal_detail(exc)
-            log.log(
-                level,
-                "%d %s: %s (%s)%s",
-                error.code,
-                error.errcode,
-                error.msg,
-                summary,
-                f" -- {detail}" if detail else "",
+            gen_log.info(
+                "%s handled by its error handler: %s", type(exc).__name__, self._request_summary()
             )
+        elif not expected:
+            super().log_exception(type(exc), exc, exc.__traceback__)
+        else:
+            _log_http_error(self, error, exc)
 
     def _write_error_response(self, error: ServletError, exc: Optional[BaseException]) -> None:
         self.set_status(error.code, error.reason)
@@ -265,7 +316,7 @@ class ErrorRenderingMixin(tornado.web.RequestHandler):
         try:
             content_type, body = self.error_body(error, exc)
         except Exception:
-            log.error("Could not render error body for %r", error, exc_info=True)
+            app_log.error("Could not render error body for %r", error, exc_info=True)
             self.set_status(500)
             content_type, body = "text/plain; charset=UTF-8", _INTERNAL_MESSAGE.encode()
         self.set_header("Content-Type", content_type)
@@ -405,4 +456,4 @@ class NegotiatedErrorMixin(JsonErrorMixin, HtmlErrorMixin):
 # Built-in: every HTTPError (and so every ServletError) renders as itself. It sits
 # in the table like any user handler, so a handler for a broader class such as
 # Exception never captures deliberate HTTP errors.
-ErrorRenderingMixin.add_error_handler(tornado.web.HTTPError, lambda handler, error: error)
+ErrorRenderingMixin.add_error_handler(tornado.web.HTTPError, _render_http_error)

@@ -22,7 +22,9 @@ sync or async. ``HEAD`` is served by ``on_GET`` without a body, ``OPTIONS`` answ
 204 with ``Allow`` (plus CORS preflight headers when CORS is configured), and any
 other method the servlet lacks gets 405 with ``Allow``.
 
-A servlet is cancelled when its client disconnects, its errors are rendered as JSON
+A servlet follows the cancellation policy of
+:mod:`~tornado_jsonservlet.disconnect`: a GET is cancelled when its client
+disconnects, an ``on_POST`` only when marked ``@cancellable``. Its errors are rendered as JSON
 (:class:`JsonServlet`) or HTML (:class:`HtmlServlet`), and its request body is read
 with the size limit enforced while it arrives.
 """
@@ -106,6 +108,14 @@ class _ServletBase(
         super().__init__(application, request, **kwargs)
 
     # -- dispatch ----------------------------------------------------------------
+
+    def _verb_function(self) -> Any:
+        # The cancellation policy follows the servlet's own method: ``@cancellable``
+        # goes on ``on_POST``, not on the dispatching ``post``.
+        method = self.request.method or ""
+        if method == "OPTIONS":
+            return None
+        return getattr(type(self), f"on_{'GET' if method == 'HEAD' else method}", None)
 
     async def get(self, *args: str, **kwargs: str) -> None:
         await self._dispatch("GET", kwargs)

@@ -201,6 +201,19 @@ class _Watch:
         return gate
 
 
+def _handler_code_awaits(coro: Any) -> bool:
+    """Whether the request's ``_execute`` chain is suspended inside handler code.
+
+    ``_execute`` overrides (the toolkit's among them) await Tornado's; below the
+    last of them sits either handler code (a coroutine: ``prepare`` or the verb)
+    or Tornado's own wait for a streamed body (a future).
+    """
+    awaited = getattr(coro, "cr_await", None)
+    while inspect.iscoroutine(awaited) and awaited.cr_code.co_name == "_execute":
+        awaited = awaited.cr_await
+    return inspect.iscoroutine(awaited)
+
+
 class _CountingCoroutine(collections.abc.Coroutine):  # type: ignore[type-arg]
     def __init__(self, inner: Any, watch: _Watch) -> None:
         self._inner = inner
@@ -229,7 +242,7 @@ class _CountingCoroutine(collections.abc.Coroutine):  # type: ignore[type-arg]
 
     def _after(self, yielded: Any) -> Any:
         self._awaited = yielded
-        if not inspect.iscoroutine(getattr(self._inner, "cr_await", None)):
+        if not _handler_code_awaits(self._inner):
             # Tornado's own code is waiting (for a streamed body), not the handler's.
             return yielded
         self._watch.suspensions += 1
