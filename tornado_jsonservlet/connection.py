@@ -38,6 +38,10 @@ __all__ = ["CLIENT_CLOSED_REQUEST", "ClientConnectionMixin", "abort_response"]
 CLIENT_CLOSED_REQUEST = 499
 CLIENT_CLOSED_REASON = "Client Closed Request"
 
+# Tornado's own class, bound once: the base hook must be reached even where an
+# application rebinds the name (as a test run that injects mixins does).
+_TornadoRequestHandler = tornado.web.RequestHandler
+
 log = logging.getLogger("tornado_jsonservlet")
 
 
@@ -168,7 +172,7 @@ class ClientConnectionMixin(tornado.web.RequestHandler):
             return
         self._connection_closed()
         self.on_connection_close()
-        tornado.web.RequestHandler.on_connection_close(self)
+        _TornadoRequestHandler.on_connection_close(self)
 
     def _on_close_during_upload(self) -> None:
         """The stream closed while a streamed body was arriving.
@@ -180,7 +184,7 @@ class ClientConnectionMixin(tornado.web.RequestHandler):
         if self._finished:
             return
         self._connection_closed()
-        tornado.web.RequestHandler.on_connection_close(self)
+        _TornadoRequestHandler.on_connection_close(self)
 
     def _connection_closed(self) -> None:
         """Tornado reported the connection closed while the handler was working."""

@@ -135,7 +135,7 @@ def _has_application_log_exception(cls: Any) -> bool:
     an application's override further down the MRO must still run.
     """
     for klass in cls.__mro__[1:]:
-        if klass is tornado.web.RequestHandler:
+        if klass.__module__ == "tornado.web":
             return False
         if "log_exception" in klass.__dict__ and not klass.__module__.startswith(
             "tornado_jsonservlet."
