@@ -40,4 +40,8 @@ class EventStreamServlet(EventStreamMixin, JsonServlet):
                 f"{self.servlet_name}.on_GET streamed events; it must return None, "
                 f"not {type(body).__name__}"
             )
+        if body is None and (status == 204 or status == 304):
+            self.set_status(status)  # a bodiless status: no "null" body
+            await self.finish()
+            return
         await super().send_body(status, body)

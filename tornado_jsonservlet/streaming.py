@@ -24,6 +24,10 @@ so that the end of a stream is an ordinary event:
   closed, which the disconnect machinery then treats like any departure; this is
   logged at INFO. A single event bigger than the limit is still sent when nothing
   else is waiting: the bound is ``max_buffered_bytes`` plus one event.
+* **Fairness.** When the kernel accepts every write at once, a flush completes
+  without suspending; a producer that never waits for anything else would then
+  hold the event loop. A send yields to the loop when 5 ms have passed since the
+  last time it did.
 * **Silent peers** (laptop lid, NAT timeout) are found by the SSE heartbeat: a
   comment line written after ``heartbeat_interval`` idle seconds. A write to a
   connection that the peer has forgotten fails, and the handler is cancelled.
@@ -64,6 +68,11 @@ JSON_LINES_CONTENT_TYPE = "application/x-ndjson"
 
 log = logging.getLogger("tornado_jsonservlet.streaming")
 
+# A producer whose flushes all complete at once (the kernel takes everything)
+# never suspends; it yields to the event loop after this long so that other
+# requests are not starved.
+_MAX_RUN_SECONDS = 0.005
+
 # How long a dropped slow client may take to be reported gone by the connection
 # layer; it is immediate in practice (the next loop iteration).
 _DROP_NOTICE_SECONDS = 1.0
@@ -96,6 +105,8 @@ class StreamingResponseMixin(CancelOnDisconnectMixin):
     _send_lock: Optional[asyncio.Lock] = None
     _buffered: int = 0
     _last_sent: float = 0.0
+    _dropping: bool = False
+    _yielded_at: float = 0.0
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -165,6 +176,10 @@ class StreamingResponseMixin(CancelOnDisconnectMixin):
             # The flush found the connection closed; it was recorded as a
             # disconnect. A cancellable request is cancelled at this await.
             await self._stop_producer()
+        now = asyncio.get_running_loop().time()
+        if now - self._yielded_at >= _MAX_RUN_SECONDS:
+            await asyncio.sleep(0)
+            self._yielded_at = now
 
     # -- Tornado hooks ---------------------------------------------------------
 
@@ -204,19 +219,27 @@ class StreamingResponseMixin(CancelOnDisconnectMixin):
         raise StreamClosedError(real_error=None)
 
     async def _drop_slow_client(self, behind: int) -> NoReturn:
-        log.info(
-            "Client fell %d bytes behind (max_buffered_bytes=%d); closing its connection: %s",
-            behind,
-            self.max_buffered_bytes,
-            self._request_summary(),
-        )
-        stream = getattr(self.request.connection, "stream", None)
-        if stream is not None:
-            # The close reaches the handler through the connection's close
-            # callback and the failed flushes: a disconnect like any other.
-            stream.close()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.wait_for_disconnect(), _DROP_NOTICE_SECONDS)
+        if not self._dropping:
+            self._dropping = True
+            log.info(
+                "Client fell %d bytes behind (max_buffered_bytes=%d); closing its connection: %s",
+                behind,
+                self.max_buffered_bytes,
+                self._request_summary(),
+            )
+            stream = getattr(self.request.connection, "stream", None)
+            if stream is not None:
+                # The close reaches the handler through the connection's close
+                # callback and the failed flushes: a disconnect like any other.
+                stream.close()
+        # Wait for the disconnect machinery to notice (and cancel this task, where
+        # it is cancellable). asyncio.wait, unlike wait_for on Python < 3.12,
+        # never swallows a cancellation that arrives together with the result.
+        gone = self.wait_for_disconnect()
+        try:
+            await asyncio.wait({gone}, timeout=_DROP_NOTICE_SECONDS)
+        finally:
+            gone.cancel()
         await self._stop_producer()
 
 
