@@ -32,6 +32,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from types import TracebackType
 from typing import Optional
@@ -273,13 +274,10 @@ class Chromium(_Process):
     def page_websocket_url(self) -> str:
         """The DevTools WebSocket of the first page target."""
         deadline = time.monotonic() + 15
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         while True:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
-                sock.sendall(b"GET /json/list HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-                raw = b""
-                while chunk := sock.recv(65536):
-                    raw += chunk
-            targets = json.loads(raw.partition(b"\r\n\r\n")[2] or b"[]")
+            with opener.open(f"http://127.0.0.1:{self.port}/json/list", timeout=5) as reply:
+                targets = json.loads(reply.read())
             pages = [t for t in targets if t.get("type") == "page"]
             if pages:
                 return str(pages[0]["webSocketDebuggerUrl"])
