@@ -27,14 +27,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import tornado.web  # noqa: E402
+import tornado.web
 
-from tornado_jsonservlet import EventStreamMixin, InMemoryBroadcaster  # noqa: E402
+from tornado_jsonservlet import EventStreamMixin, InMemoryBroadcaster
 
 broadcaster = InMemoryBroadcaster()
 streams: dict[int, dict[str, Any]] = {}
 live: dict[int, tuple[EventStreamMixin, Any]] = {}
 counters = {"open": 0, "cancelled": 0, "errors": 0, "publishers": 0}
+publishers: set[asyncio.Task[None]] = set()
 
 
 class ErrorCounter(logging.Handler):
@@ -88,7 +89,9 @@ class Publish(tornado.web.RequestHandler):
         count = min(int(self.get_argument("count", "1")), 100_000)
         interval = float(self.get_argument("interval", "0"))
         pad = "p" * min(int(self.get_argument("size", "0")), 1_000_000)
-        asyncio.ensure_future(publish(count, interval, pad))
+        task = asyncio.ensure_future(publish(count, interval, pad))
+        publishers.add(task)
+        task.add_done_callback(publishers.discard)
         self.write({"started": count})
 
 
