@@ -76,7 +76,7 @@ class BufferedBulk(tornado.web.RequestHandler):
 
 
 @pytest.fixture
-def app(probe):
+def app(io_loop, probe):
     shared = {"probe": probe, "broadcaster": InMemoryBroadcaster()}
     return tornado.web.Application(
         [(r"/feed", Feed, shared), (r"/bulk", Bulk, shared), (r"/buffered", BufferedBulk, shared)]

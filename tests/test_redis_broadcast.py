@@ -192,7 +192,7 @@ class Relay(EventStreamMixin, tornado.web.RequestHandler):
 
 
 @pytest.fixture
-def app(probe, broadcaster):
+def app(io_loop, probe, broadcaster):
     return tornado.web.Application(
         [(r"/feed", Relay, {"probe": probe, "broadcaster": broadcaster})]
     )

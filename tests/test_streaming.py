@@ -214,7 +214,7 @@ def broadcaster() -> InMemoryBroadcaster:
 
 
 @pytest.fixture
-def app(probe: Probe, broadcaster: InMemoryBroadcaster) -> tornado.web.Application:
+def app(io_loop: Any, probe: Probe, broadcaster: InMemoryBroadcaster) -> tornado.web.Application:
     shared = {"probe": probe, "broadcaster": broadcaster}
     registry = ServletRegistry()
     registry.register(Ticker)

@@ -335,7 +335,7 @@ class EventStreamMixin(StreamingResponseMixin):
         send is in flight: that send already probes the connection.
         """
         interval = self.heartbeat_interval
-        if interval is None or self._client_gone or self._finished:
+        if interval is None or self.client_disconnected or self._finished:
             return
         idle = asyncio.get_running_loop().time() - self._last_sent
         # (timers may fire a clock tick early, hence the tolerance)
