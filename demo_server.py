@@ -13,11 +13,16 @@ kill %1``) and the delayed work never runs: the handler is cancelled at its
 ``await``, the clean-up still runs, the access log shows 499, and nothing is
 logged at ERROR. Plain Tornado would run the work for nobody, log a
 ``StreamClosedError`` traceback, and record a 200.
+
+``GET /events`` shows a live counter fed by server-sent events from
+``/api/v1/events/counter``; ``/events?drop_after=5&retry=500`` has the server end
+each stream after five events, and the browser resumes where it left off.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import math
 
@@ -30,6 +35,7 @@ from tornado.options import define, options
 from tornado_jsonservlet import (
     BadRequest,
     CancelOnDisconnectMixin,
+    EventStreamServlet,
     HtmlErrorMixin,
     HtmlServlet,
     InMemoryMetrics,
@@ -166,6 +172,110 @@ class HelloPage(HtmlServlet):
         return f"<!DOCTYPE html><title>Hello</title><h1>Hello, {safe_name}!</h1>"
 
 
+# -- server-sent events: a counter that resumes where the client left off ---------
+
+MAX_EVENTS_PER_CONNECTION = 1000
+
+
+class CounterEvents(EventStreamServlet):
+    """``GET /api/v1/events/counter?every=S&drop_after=N&retry=MS``: an SSE counter.
+
+    Sends ``{"n": n, "time": ...}`` with id ``n`` every ``every`` seconds (default 1),
+    starting after the client's ``Last-Event-ID``, so a reconnecting client resumes
+    without a gap or a duplicate. With ``drop_after=N`` the server ends the stream
+    after N events (the browser then reconnects after ``retry`` milliseconds).
+    """
+
+    PATTERNS = ("/events/counter",)
+
+    async def on_GET(self) -> None:
+        every = _bounded_float(self.get_argument("every", "1"), "every", 0.01, MAX_DELAY_SECONDS)
+        drop_after = int(
+            _bounded_float(
+                self.get_argument("drop_after", "0"), "drop_after", 0, MAX_EVENTS_PER_CONNECTION
+            )
+        )
+        retry = self.get_argument("retry", None)
+        retry_ms = None if retry is None else int(_bounded_float(retry, "retry", 0, 60_000))
+        resume_from = self.last_event_id
+        if resume_from is not None and not (resume_from.isdigit() and len(resume_from) < 16):
+            raise BadRequest(
+                "Last-Event-ID must be a counter value", "INVALID_HEADER", header="Last-Event-ID"
+            )
+        n = int(resume_from or 0)
+        app_log.info("counter: stream starts after n=%d (Last-Event-ID %r)", n, resume_from)
+        sent = 0
+        while not drop_after or sent < drop_after:
+            n += 1
+            sent += 1
+            now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+            await self.send_event({"n": n, "time": now}, id=n, retry=retry_ms)
+            retry_ms = None  # once is enough
+            await asyncio.sleep(every)
+        app_log.info("counter: server ends the stream at n=%d", n)
+
+
+_EVENTS_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>Server-sent events</title>
+<script src="/events/page.js" defer></script>
+</head>
+<body>
+<h1>Counter</h1>
+<p>Status: <span id="status">connecting</span></p>
+<p>Last: <span id="last">-</span></p>
+<ol id="events"></ol>
+</body>
+</html>
+"""
+
+# No markup is built from data: values go in with textContent. The stream's
+# parameters come from the page's own query string and are re-encoded.
+_EVENTS_SCRIPT = """"use strict";
+window.receivedIds = [];
+window.openCount = 0;
+const page = new URLSearchParams(window.location.search);
+const query = new URLSearchParams();
+for (const name of ["every", "drop_after", "retry"]) {
+  if (page.has(name)) query.set(name, page.get(name));
+}
+const source = new EventSource("/api/v1/events/counter?" + query.toString());
+const status = document.getElementById("status");
+source.onopen = () => { window.openCount += 1; status.textContent = "open"; };
+source.onerror = () => { status.textContent = "reconnecting"; };
+source.onmessage = (event) => {
+  const value = JSON.parse(event.data);
+  window.receivedIds.push(event.lastEventId);
+  document.getElementById("last").textContent = value.n + " at " + value.time;
+  const item = document.createElement("li");
+  item.textContent = "#" + event.lastEventId + ": " + event.data;
+  const list = document.getElementById("events");
+  list.prepend(item);
+  while (list.children.length > 20) list.lastElementChild.remove();
+};
+"""
+
+
+class EventsPage(tornado.web.RequestHandler):
+    """``GET /events[?every=S&drop_after=N&retry=MS]``: a page showing the counter."""
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Security-Policy", "default-src 'self'")
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/html; charset=UTF-8")
+        self.finish(_EVENTS_PAGE)
+
+
+class EventsScript(EventsPage):
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/javascript; charset=UTF-8")
+        self.finish(_EVENTS_SCRIPT)
+
+
 def _rss_kb() -> int:
     """Resident set size of this process in KiB (Linux; 0 elsewhere)."""
     try:
@@ -192,7 +302,7 @@ def _bounded_float(raw: str, name: str, low: float, high: float) -> float:
 
 def make_registry(metrics: InMemoryMetrics | None = None) -> ServletRegistry:
     registry = ServletRegistry(metrics=metrics)
-    for servlet in (EchoServlet, SlowServlet, BigServlet, HelloPage):
+    for servlet in (EchoServlet, SlowServlet, BigServlet, HelloPage, CounterEvents):
         registry.register(servlet)
 
     @registry.route("/metrics")
@@ -216,6 +326,8 @@ def make_app(**settings: object) -> tornado.web.Application:
             (r"/errors/json", JsonErrorShowcase),
             (r"/errors/html", HtmlErrorShowcase),
             (r"/errors/negotiated", NegotiatedErrorShowcase),
+            (r"/events", EventsPage),
+            (r"/events/page\.js", EventsScript),
             *registry.urlspecs("/api/v1"),
         ],
         **settings,

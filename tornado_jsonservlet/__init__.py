@@ -14,9 +14,21 @@ The parts, each in its own module and usable alone:
 * :mod:`~tornado_jsonservlet.lean` -- less work per request than Tornado's defaults;
 * :mod:`~tornado_jsonservlet.servlet` -- ``on_GET``-style handlers returning ``(status, body)``;
 * :mod:`~tornado_jsonservlet.registry` -- path patterns to ``URLSpec``s;
-* :mod:`~tornado_jsonservlet.metrics` -- per-servlet counts and timings.
+* :mod:`~tornado_jsonservlet.metrics` -- per-servlet counts and timings;
+* :mod:`~tornado_jsonservlet.eventformat` -- the server-sent events wire format;
+* :mod:`~tornado_jsonservlet.streaming` -- SSE, JSON lines and long-poll that stop with the client;
+* :mod:`~tornado_jsonservlet.stream_servlets` -- ``EventStreamServlet`` for the registry;
+* :mod:`~tornado_jsonservlet.broadcast` -- publish/subscribe fan-out (in memory);
+* :mod:`~tornado_jsonservlet.redis_broadcast` -- the same across processes (``redis`` extra).
 """
 
+from .broadcast import (
+    Broadcaster,
+    BroadcastUnavailable,
+    EndReason,
+    InMemoryBroadcaster,
+    Subscription,
+)
 from .connection import CLIENT_CLOSED_REQUEST, ClientConnectionMixin
 from .cors import CorsMixin
 from .disconnect import (
@@ -48,6 +60,8 @@ from .registry import ServletRegistry
 from .rendering import HtmlErrorMixin, JsonErrorMixin, NegotiatedErrorMixin
 from .safe_output import SafeWriteMixin
 from .servlet import HtmlServlet, JsonServlet
+from .stream_servlets import EventStreamServlet
+from .streaming import EventStreamMixin, JsonLinesMixin, LongPollMixin
 
 __version__ = "0.1.0.dev0"
 
@@ -55,20 +69,28 @@ __all__ = [
     "CLIENT_CLOSED_REQUEST",
     "CLIENT_LEFT",
     "BadRequest",
+    "BroadcastUnavailable",
+    "Broadcaster",
     "CancelOnDisconnectMixin",
     "CancelReason",
     "ClientConnectionMixin",
     "Conflict",
     "CorsMixin",
+    "EndReason",
+    "EventStreamMixin",
+    "EventStreamServlet",
     "Forbidden",
     "HtmlErrorMixin",
     "HtmlServlet",
+    "InMemoryBroadcaster",
     "InMemoryMetrics",
     "JsonBodyMixin",
     "JsonErrorMixin",
+    "JsonLinesMixin",
     "JsonResponseMixin",
     "JsonServlet",
     "LeanResponseMixin",
+    "LongPollMixin",
     "MethodNotAllowed",
     "NegotiatedErrorMixin",
     "NotFound",
@@ -79,6 +101,7 @@ __all__ = [
     "ServletError",
     "ServletMetrics",
     "ServletRegistry",
+    "Subscription",
     "TooManyRequests",
     "Unauthorized",
     "UnsupportedMediaType",

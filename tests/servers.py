@@ -1,0 +1,293 @@
+"""External servers for tests: redis-server, nginx and headless Chromium.
+
+Each comes from the Debian package that ``.ci/run`` installs (see
+``.ci/apt-packages.txt``), runs from a temporary directory, listens on loopback
+only, and is stopped by the context manager that started it. When the binary is
+missing the test is skipped with the reason, except under ``CI=true``, where a
+missing component is a failure: CI must never pass by skipping.
+
+Use them from a fixture::
+
+    @pytest.fixture
+    def redis_url(tmp_path):
+        with RedisServer(tmp_path) as server:
+            yield server.url
+
+    @pytest.fixture
+    def nginx(tmp_path, http_port):
+        with NginxServer(tmp_path, upstream_port=http_port) as proxy:
+            yield proxy         # proxy.url("/path")
+
+``NginxServer`` takes the ``location`` block (or a whole ``server`` block) to test,
+so a deployment configuration can be checked as it will run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import Optional
+
+import pytest
+
+__all__ = [
+    "Chromium",
+    "NginxServer",
+    "RedisServer",
+    "free_port",
+    "require_binary",
+]
+
+
+def require_binary(name: str, package: str, *candidates: str) -> str:
+    """The path of ``name`` (or of the first existing ``candidates``); skip or fail without it."""
+    for candidate in (*candidates, name):
+        found = shutil.which(candidate) or (candidate if os.path.isfile(candidate) else None)
+        if found:
+            return found
+    reason = f"{name} not found: install the Debian package {package!r} (apt-get install {package})"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}; CI must run this test, not skip it", pytrace=False)
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], what: str, log: Path) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}: {_tail(log)}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on port {port}: {_tail(log)}")
+
+
+def _tail(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")[-2000:]
+    except OSError:
+        return "(no log)"
+
+
+class _Process:
+    process: Optional[subprocess.Popen[bytes]] = None
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+    def kill(self) -> None:
+        """Kill at once (SIGKILL), as a crash or an OOM kill would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def __exit__(
+        self,
+        typ: Optional[type[BaseException]],
+        value: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.stop()
+
+
+class RedisServer(_Process):
+    """``redis-server`` on a loopback port, with no persistence, in ``directory``."""
+
+    def __init__(self, directory: Path, port: Optional[int] = None) -> None:
+        self.binary = require_binary("redis-server", "redis-server")
+        self.directory = Path(directory) / "redis"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        log = self.directory / "redis.log"
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", str(self.directory),
+                "--logfile", str(log),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        _wait_for_port(self.port, self.process, "redis-server", log)
+        return self
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+
+_NGINX_CONF = """\
+{user}
+daemon off;
+master_process off;
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/error.log info;
+events {{ worker_connections 1024; }}
+http {{
+    access_log {root}/access.log;
+    client_body_temp_path {root}/client_body;
+    proxy_temp_path {root}/proxy;
+    fastcgi_temp_path {root}/fastcgi;
+    uwsgi_temp_path {root}/uwsgi;
+    scgi_temp_path {root}/scgi;
+    upstream app {{ server 127.0.0.1:{upstream_port}; keepalive 8; }}
+    {server}
+}}
+"""
+
+#: Plain reverse proxying with nginx's defaults (buffering on), HTTP/1.1 upstream.
+DEFAULT_LOCATION = """\
+location / {
+    proxy_pass http://app;
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_set_header Host $host;
+}
+"""
+
+
+class NginxServer(_Process):
+    """nginx proxying a loopback port to ``upstream_port``, configured in ``directory``.
+
+    ``location`` replaces :data:`DEFAULT_LOCATION`; ``server`` replaces the whole
+    ``server`` block (use ``{port}`` for the listening port and the upstream name
+    ``app``).
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        upstream_port: int,
+        *,
+        location: str = DEFAULT_LOCATION,
+        server: Optional[str] = None,
+        port: Optional[int] = None,
+    ) -> None:
+        self.binary = require_binary("nginx", "nginx", "/usr/sbin/nginx")
+        self.root = Path(directory) / "nginx"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.upstream_port = upstream_port
+        block = server or "server {{\n    listen 127.0.0.1:{port};\n    {location}\n}}"
+        self.config = _NGINX_CONF.format(
+            user="user root;" if os.geteuid() == 0 else "",
+            root=self.root,
+            upstream_port=upstream_port,
+            server=block.format(port=self.port, location=location),
+        )
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def start(self) -> NginxServer:
+        conf = self.root / "nginx.conf"
+        conf.write_text(self.config)
+        log = self.root / "error.log"
+        self.process = subprocess.Popen(
+            [self.binary, "-e", str(log), "-p", str(self.root), "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait_for_port(self.port, self.process, "nginx", log)
+        return self
+
+    def __enter__(self) -> NginxServer:
+        return self.start()
+
+
+class Chromium(_Process):
+    """Headless Chromium with its DevTools endpoint on a loopback port.
+
+    Runs as root without the sandbox (CI runs as root), with a fresh profile and
+    none of the background traffic (updates, sync, QUIC).
+    """
+
+    def __init__(self, directory: Optional[Path] = None) -> None:
+        self.binary = require_binary("chromium", "chromium", "/usr/bin/chromium")
+        self._profile = tempfile.TemporaryDirectory(
+            prefix="chromium-", dir=str(directory) if directory else None
+        )
+        self.port = free_port()
+
+    def start(self) -> Chromium:
+        log = Path(self._profile.name) / "chromium.log"
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [
+                    self.binary,
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--disable-extensions",
+                    "--disable-dev-shm-usage",
+                    f"--user-data-dir={self._profile.name}/profile",
+                    "--remote-debugging-address=127.0.0.1",
+                    f"--remote-debugging-port={self.port}",
+                    "about:blank",
+                ],
+                stdout=out,
+                stderr=out,
+            )
+        _wait_for_port(self.port, self.process, "chromium", log)
+        return self
+
+    def page_websocket_url(self) -> str:
+        """The DevTools WebSocket of the first page target."""
+        deadline = time.monotonic() + 15
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        while True:
+            with opener.open(f"http://127.0.0.1:{self.port}/json/list", timeout=5) as reply:
+                targets = json.loads(reply.read())
+            pages = [t for t in targets if t.get("type") == "page"]
+            if pages:
+                return str(pages[0]["webSocketDebuggerUrl"])
+            if time.monotonic() > deadline:
+                raise RuntimeError("chromium has no page target")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        super().stop()
+        self._profile.cleanup()
+
+    def __enter__(self) -> Chromium:
+        return self.start()
