@@ -60,6 +60,7 @@ from tornado.iostream import StreamClosedError
 from tornado.log import app_log, gen_log
 
 from .connection import abort_response
+from .disconnect import CancelOnDisconnectMixin
 from .errors import ServletError, reason_phrase
 from .jsonio import JSON_CONTENT_TYPE, encode
 
@@ -93,6 +94,15 @@ def _internal_detail(exc: BaseException) -> str:
 
 def _bodiless(status: int) -> bool:
     return status in (204, 304) or 100 <= status < 200 or 300 <= status < 400
+
+
+def _cancelling(handler: tornado.web.RequestHandler) -> bool:
+    """Whether the toolkit is cancelling this request; its machinery then decides the end.
+
+    Tornado 6.6 answers a cancelled request task with ``send_error(500)``, which
+    reaches this mixin first when it precedes the cancellation mixin in the MRO.
+    """
+    return isinstance(handler, CancelOnDisconnectMixin) and handler._cancel_in_flight
 
 
 def _builtin_error(exc: tornado.web.HTTPError) -> ServletError:
@@ -224,7 +234,7 @@ class ErrorRenderingMixin(tornado.web.RequestHandler):
         self._pending_log = value
 
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
-        if self._headers_written and not self._finished:
+        if self._headers_written and not self._finished and not _cancelling(self):
             if "exc_info" not in kwargs:
                 app_log.error(
                     "Error %d after the headers were sent; connection aborted: %s",
