@@ -8,6 +8,8 @@ import logging
 from typing import Any
 
 import pytest
+import tornado.httpserver
+import tornado.testing
 import tornado.web
 from tornado.httpclient import AsyncHTTPClient
 
@@ -261,3 +263,25 @@ async def test_cancel_request_follows_the_policy_for_mutating_requests(
     assert json.loads(response.body) == {"late": True}
     assert probe.count("completed") == 1
     assert access_statuses(caplog) == [200]
+
+
+class NoContentServlet(JsonServlet):
+    def on_DELETE(self) -> Any:
+        return 204, None
+
+
+async def test_servlet_may_answer_204_without_a_body(caplog):
+    registry = ServletRegistry()
+    registry.register(NoContentServlet, ["/gone"])
+    app = tornado.web.Application(registry.urlspecs())
+    server = tornado.httpserver.HTTPServer(app)
+    sock, other_port = tornado.testing.bind_unused_port()
+    server.add_socket(sock)
+    try:
+        client = AsyncHTTPClient()
+        response = await client.fetch(f"http://127.0.0.1:{other_port}/gone", method="DELETE")
+    finally:
+        server.stop()
+    assert response.code == 204
+    assert response.body == b""
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -158,6 +158,13 @@ class _ServletBase(
             status, body = result
         else:
             status, body = 200, result
+        if status in (204, 304):
+            # HTTP forbids a body here; ``(204, None)`` is how a method says "no content".
+            if body is not None:
+                raise TypeError(f"{self.servlet_name}.on_{method}: a {status} has no body")
+            self.set_status(status)
+            self.finish()
+            return
         await self.send_body(status, body)
 
     def _convert_params(self, raw_params: Mapping[str, str]) -> dict[str, Any]:
