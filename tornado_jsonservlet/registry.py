@@ -298,7 +298,6 @@ _Piece = Union[str, _Slot]
 class _CompiledPattern:
     regex: str
     converters: dict[str, Callable[[str], Any]]
-    segment_params: frozenset[str]
     #: Encoded literal text and parameter slots, for reverse URLs; None for a raw regex.
     pieces: Optional[tuple[_Piece, ...]] = None
 
@@ -337,7 +336,7 @@ def compile_pattern(pattern: str) -> _CompiledPattern:
         compiled = re.compile(regex)
         if compiled.groups != len(compiled.groupindex):
             raise ValueError("a raw regex may only use named groups (?P<name>...)")
-        return _CompiledPattern(regex, {}, frozenset())
+        return _CompiledPattern(regex, {})
     # Split into literal text and parameters.
     tokens: list[Union[str, tuple[str, Converter]]] = []
     names: set[str] = set()
@@ -409,7 +408,7 @@ def compile_pattern(pattern: str) -> _CompiledPattern:
         converters[name] = converter.to_python
     regex = "".join(parts)
     re.compile(regex)
-    return _CompiledPattern(regex, converters, frozenset(), tuple(pieces))
+    return _CompiledPattern(regex, converters, tuple(pieces))
 
 
 class _TemplateMatches(PathMatches):
@@ -607,7 +606,6 @@ class ServletRegistry:
             route = ServletRoute(
                 pattern=endpoint.pattern,
                 converters=endpoint.compiled.converters,
-                segment_params=endpoint.compiled.segment_params,
                 metrics=self.metrics,
             )
             regex = f"^{escaped}{endpoint.compiled.regex}$"

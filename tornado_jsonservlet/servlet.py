@@ -66,7 +66,6 @@ class ServletRoute:
 
     pattern: str
     converters: Mapping[str, Callable[[str], Any]] = field(default_factory=dict)
-    segment_params: frozenset[str] = frozenset()
     metrics: Optional[ServletMetrics] = None
 
 
