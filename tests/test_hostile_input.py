@@ -21,6 +21,7 @@ import logging
 import math
 import re
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -783,6 +784,19 @@ class TestJsonBothWays:
     def test_decode_accepts_what_rfc_8259_allows(self, text):
         value = jsonio.decode(text)
         assert value == json.loads(text)
+
+    def test_depth_stays_within_what_can_be_written_back(self, backend):
+        """However deep the interpreter could parse, nothing deeper than the encoders'
+        1024 levels is accepted (an echo would otherwise be a 500)."""
+        previous = sys.getrecursionlimit()
+        sys.setrecursionlimit(20_000)
+        try:
+            deep = jsonio.decode(b"[" * 1000 + b"]" * 1000)
+            assert jsonio.encode(deep) == b"[" * 1000 + b"]" * 1000
+            with pytest.raises(ValueError, match="depth"):
+                jsonio.decode(b"[" * 5000 + b"]" * 5000)
+        finally:
+            sys.setrecursionlimit(previous)
 
     @pytest.mark.parametrize("name", sorted(UNENCODABLE))
     def test_encoding_errors_are_identical_across_backends(self, name, monkeypatch):

@@ -45,6 +45,7 @@ import enum
 import json
 import math
 import re
+import sys
 import uuid
 from typing import Any, Callable, Optional, Union
 
@@ -75,8 +76,8 @@ MAX_DEPTH = 1024
 # Python's own limit on integer literals (int_max_str_digits), applied on every version:
 # converting a longer run of digits is quadratic where the limit does not exist.
 _MAX_INT_DIGITS = 4300
-# A document with at most this many "[" and "{" cannot be nested deeper, so it skips
-# the depth check that deeper-looking documents get from ujson.
+# A document with at most this many "[" and "{" cannot be nested deeper than that, so
+# it never needs the depth check (see _stdlib_depth_is_bounded).
 _SHALLOW_BRACKETS = 512
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -197,18 +198,47 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _finite_float(text: str) -> float:
-    number = float(text)
-    if not math.isfinite(number):
-        shown = text if len(text) <= 20 else f"{text[:20]}..."
-        raise ValueError(f"number {shown} is out of range")
-    return number
+def _finite_float(
+    text: str,
+    _float: Callable[[str], float] = float,
+    _isfinite: Callable[[float], bool] = math.isfinite,
+) -> float:
+    # Called for every float of every body: locals, not globals, on the hot path.
+    number = _float(text)
+    if _isfinite(number):
+        return number
+    shown = text if len(text) <= 20 else f"{text[:20]}..."
+    raise ValueError(f"number {shown} is out of range")
 
 
 def _bounded_int(text: str) -> int:
     if len(text) > _MAX_INT_DIGITS + 1:
-        raise ValueError(f"integer with {len(text)} digits is too long")
+        raise ValueError(f"integer with more than {_MAX_INT_DIGITS} digits")
     return int(text)
+
+
+# Interpreters with int_max_str_digits (3.9.14+, 3.10.7+, 3.11+) refuse long integers in
+# the parser itself, at C speed; a Python hook for every integer would double the cost
+# of decoding a document full of numbers.
+_PARSE_INT: Optional[Callable[[str], int]] = (
+    None if hasattr(sys, "get_int_max_str_digits") else _bounded_int
+)
+
+
+def _stdlib_depth_is_bounded() -> bool:
+    """Whether the stdlib parser itself stops before :data:`MAX_DEPTH` levels.
+
+    Up to Python 3.11 its nesting counts against the recursion limit (1000 by
+    default). From 3.12 it has a separate, higher C limit (3.13 reads 20 times
+    deeper), and an application may raise the recursion limit on any version.
+    """
+    return sys.version_info < (3, 12) and sys.getrecursionlimit() <= MAX_DEPTH
+
+
+# Built once: json.loads() with hooks would build a decoder and its scanner per call.
+_DECODER = json.JSONDecoder(
+    parse_float=_finite_float, parse_int=_PARSE_INT, parse_constant=_reject_constant
+)
 
 
 def _has_lone_surrogate(value: Any) -> bool:
@@ -242,23 +272,21 @@ def decode(data: Union[bytes, str]) -> Any:
             text = bytes(data).decode("utf-8")
         except UnicodeDecodeError as error:
             raise ValueError(f"invalid UTF-8 at byte {error.start}") from None
-    if text.count("[") + text.count("{") > _SHALLOW_BRACKETS:
-        # The stdlib parser's depth limit is the interpreter's recursion limit, which
-        # differs between Python versions (3.13 reads 20 times deeper than 3.11): ujson
-        # enforces one fixed limit first.
+    if text.count("[") + text.count("{") > _SHALLOW_BRACKETS and not _stdlib_depth_is_bounded():
+        # Deeper than the encoders can write back would turn bad input into a 500
+        # when the value is echoed: ujson enforces its fixed limit first.
         try:
             ujson.loads(text)
         except ValueError as error:
             raise ValueError(str(error)) from None
     try:
-        value = json.loads(
-            text,
-            parse_float=_finite_float,
-            parse_int=_bounded_int,
-            parse_constant=_reject_constant,
-        )
+        value = _DECODER.decode(text)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
+    except ValueError as error:
+        if str(error).startswith("Exceeds the limit"):  # the interpreter's int_max_str_digits
+            raise ValueError(f"integer with more than {_MAX_INT_DIGITS} digits") from None
+        raise
     except json.JSONDecodeError as error:
         message = error.msg[:-3] if error.msg.endswith(" at") else error.msg
         raise ValueError(f"{message} at position {error.pos}") from None
