@@ -55,7 +55,7 @@ def test_canonical_mode_sorts_keys_and_is_compact():
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
 def test_canonical_mode_rejects_nan_and_infinity(value):
-    with pytest.raises(ValueError, match="NaN, infinity"):
+    with pytest.raises(ValueError, match=r"\(NaN, infinity\)"):
         encode({"x": [value]}, canonical=True)
 
 
@@ -98,8 +98,8 @@ def test_decode_is_strict(backend, data, message):
 
 
 def test_deep_but_accepted_documents_can_be_written_back(backend):
-    deep = decode(b"[" * 1000 + b"]" * 1000)
-    assert encode(deep) == b"[" * 1000 + b"]" * 1000
+    deep = decode(b"[" * 512 + b"]" * 512)
+    assert encode(deep) == b"[" * 512 + b"]" * 512
 
 
 def test_integers_beyond_64_bits_are_encoded(backend):

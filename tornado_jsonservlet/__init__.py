@@ -8,6 +8,7 @@ The parts, each in its own module and usable alone:
 * :mod:`~tornado_jsonservlet.errors` -- errors with machine-readable codes;
 * :mod:`~tornado_jsonservlet.rendering` -- JSON/HTML/negotiated error responses;
 * :mod:`~tornado_jsonservlet.cors` -- CORS headers on successes and errors alike;
+* :mod:`~tornado_jsonservlet.headers` -- strict parsing of the headers the toolkit reads;
 * :mod:`~tornado_jsonservlet.jsonio` -- fast, strict JSON encoding and decoding;
 * :mod:`~tornado_jsonservlet.json_handlers` -- ``write_json`` and ``json_body``;
 * :mod:`~tornado_jsonservlet.lowpriority` -- the lane that keeps big encodes off the hot path;

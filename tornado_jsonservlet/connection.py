@@ -24,11 +24,11 @@ matters.
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any, Callable, Optional
 
 import tornado.httputil
 import tornado.web
+from tornado.log import app_log
 
 __all__ = ["CLIENT_CLOSED_REQUEST", "ClientConnectionMixin", "abort_response"]
 
@@ -42,7 +42,6 @@ CLIENT_CLOSED_REASON = "Client Closed Request"
 # application rebinds the name (as a test run that injects mixins does).
 _TornadoRequestHandler = tornado.web.RequestHandler
 
-log = logging.getLogger("tornado_jsonservlet")
 
 
 def abort_response(handler: tornado.web.RequestHandler) -> None:
@@ -210,7 +209,7 @@ class ClientConnectionMixin(tornado.web.RequestHandler):
         try:
             self.on_disconnect()
         except Exception:
-            log.error("Exception in on_disconnect of %r", self, exc_info=True)
+            app_log.error("Exception in on_disconnect of %r", self, exc_info=True)
         callbacks, self._disconnect_callbacks = self._disconnect_callbacks, None
         for callback, args in callbacks or ():
             self._run_disconnect_callback(callback, args)
@@ -221,7 +220,7 @@ class ClientConnectionMixin(tornado.web.RequestHandler):
         try:
             callback(*args)
         except Exception:
-            log.error("Exception in disconnect callback %r", callback, exc_info=True)
+            app_log.error("Exception in disconnect callback %r", callback, exc_info=True)
 
     def _finish_as_disconnected(self) -> None:
         """Finish a request whose client left: nothing is sent, one 499 is logged.

@@ -13,10 +13,14 @@ an error raised here.
 from __future__ import annotations
 
 import http
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any, Optional
+from urllib.parse import quote
 
 import tornado.web
+
+from .headers import check_header
 
 __all__ = [
     "BadRequest",
@@ -30,6 +34,7 @@ __all__ = [
     "TooManyRequests",
     "Unauthorized",
     "UnsupportedMediaType",
+    "encode_location",
     "errcode_for_status",
 ]
 
@@ -94,11 +99,18 @@ class ServletError(tornado.web.HTTPError):
         clash = _RESERVED_FIELDS.intersection(fields)
         if clash:
             raise ValueError(f"extra fields may not be named {sorted(clash)}")
+        if isinstance(code, bool) or not isinstance(code, int) or not 100 <= code <= 599:
+            raise ValueError(f"status must be an HTTP status code from 100 to 599, not {code!r}")
         super().__init__(code, reason=reason_phrase(code))
         self.code = code
         self.msg = msg
         self.errcode = errcode or errcode_for_status(code)
-        self.headers: dict[str, str] = dict(headers or {})
+        # Checked now, where the mistake is made: a header that cannot be sent would
+        # otherwise fail while the error response is written, leaving a response
+        # without the header it promised (a redirect without Location).
+        self.headers: dict[str, str] = {
+            name: check_header(name, value) for name, value in (headers or {}).items()
+        }
         self.fields: dict[str, Any] = fields
 
     def to_dict(self) -> dict[str, Any]:
@@ -200,11 +212,37 @@ class TooManyRequests(ServletError):
     ) -> None:
         extra_headers = dict(headers or {})
         if retry_after is not None:
-            if not retry_after >= 0:
-                raise ValueError("retry_after must be a non-negative number of seconds")
+            if not (retry_after >= 0 and math.isfinite(retry_after)):
+                raise ValueError("retry_after must be a finite, non-negative number of seconds")
             extra_headers.setdefault("Retry-After", str(max(1, round(retry_after))))
             fields.setdefault("retry_after_ms", int(retry_after * 1000))
         super().__init__(429, msg or "Too many requests", errcode, headers=extra_headers, **fields)
+
+
+# Characters a browser would percent-encode itself before sending a URL: controls,
+# space, DEL and everything beyond ASCII. Reserved characters and existing "%XX"
+# escapes are left alone, so an already-encoded location is unchanged.
+_LOCATION_SAFE = "".join(chr(c) for c in range(0x21, 0x7F))
+
+
+def encode_location(location: str) -> str:
+    """``location`` as a valid ``Location`` header value.
+
+    Non-ASCII characters become UTF-8 percent-escapes (``/wiki/日本`` gives
+    ``/wiki/%E6%97%A5%E6%9C%AC``), as browsers send them; so do spaces, tabs, DEL and
+    other control characters.
+
+    :raises ValueError: CR, LF or NUL (a header-injection attempt or a bug, never a
+        URL), or a lone surrogate.
+    """
+    if not isinstance(location, str):
+        raise ValueError(f"redirect location must be a string, not {type(location).__name__}")
+    if any(char in location for char in "\r\n\0"):
+        raise ValueError("redirect location may not contain CR, LF or NUL")
+    try:
+        return quote(location, safe=_LOCATION_SAFE, encoding="utf-8", errors="strict")
+    except UnicodeEncodeError:
+        raise ValueError("redirect location contains a lone surrogate") from None
 
 
 class RedirectError(ServletError):
@@ -212,13 +250,14 @@ class RedirectError(ServletError):
 
     With ``keep_method`` the status is 307 (or 308), which tells the client to
     repeat the same method and body at the new location instead of switching to GET.
+    The location is percent-encoded where it must be (see :func:`encode_location`);
+    ``self.location`` is the encoded form, the one sent.
     """
 
     def __init__(
         self, location: str, permanent: bool = False, *, keep_method: bool = False
     ) -> None:
-        if any(char in location for char in "\r\n\0"):
-            raise ValueError("redirect location may not contain CR, LF or NUL")
+        location = encode_location(location)
         if keep_method:
             code = 308 if permanent else 307
         else:

@@ -24,6 +24,7 @@ from typing import Any, Optional, TypeVar
 import tornado.web
 
 from .errors import BadRequest, PayloadTooLarge, ServletError, UnsupportedMediaType
+from .headers import MediaType, parse_content_length, parse_media_type
 from .jsonio import JSON_CONTENT_TYPE, decode, encode
 from .lowpriority import lane_for_running_loop
 
@@ -184,10 +185,10 @@ class JsonResponseMixin(tornado.web.RequestHandler):
 # -- request bodies --------------------------------------------------------------
 
 
-def _is_json_media_type(content_type: str) -> bool:
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or (
-        media.startswith("application/") and media.endswith("+json")
+def _is_json_media_type(media: Optional[MediaType]) -> bool:
+    return media is not None and (
+        media.essence == "application/json"
+        or (media.type == "application" and media.subtype.endswith("+json"))
     )
 
 
@@ -212,8 +213,19 @@ class JsonBodyMixin(tornado.web.RequestHandler):
 
     def prepare(self) -> Any:
         declared = self.request.headers.get("Content-Length")
-        if declared is not None and declared.isdigit() and int(declared) > self.json_body_limit:
-            raise self._too_large()
+        if declared is not None:
+            # Strict: "²".isdigit() is true and int() then fails, and int() on a
+            # 5,000-digit value fails too; either was a 500.
+            try:
+                size = parse_content_length(declared)
+            except ValueError:
+                raise BadRequest(
+                    "Content-Length must be a number in ASCII digits",
+                    "BAD_HEADER",
+                    header="Content-Length",
+                ) from None
+            if size > self.json_body_limit:
+                raise self._too_large()
         return super().prepare()
 
     def data_received(self, chunk: bytes) -> None:
@@ -262,10 +274,10 @@ class JsonBodyMixin(tornado.web.RequestHandler):
                 raise BadRequest("Request body must be a JSON document", "NOT_JSON")
             return None
         content_type = self.request.headers.get("Content-Type", "")
-        if self.json_require_content_type and not _is_json_media_type(content_type):
-            raise UnsupportedMediaType(
-                "Content-Type must be application/json", content_type=content_type[:100]
-            )
+        media = parse_media_type(content_type)
+        if self.json_require_content_type and not _is_json_media_type(media):
+            fields: dict[str, Any] = {} if media is None else {"content_type": media.essence}
+            raise UnsupportedMediaType("Content-Type must be application/json", **fields)
         try:
             value = decode(body)
         except ValueError as error:

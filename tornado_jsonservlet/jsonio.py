@@ -1,20 +1,52 @@
 """JSON encoding and decoding: fast, strict about what goes on the wire, clear when it fails.
 
+Encoding
+--------
 The encoder is orjson when it is installed (``pip install tornado-jsonservlet[orjson]``),
-otherwise ujson; :func:`active_backend` says which. Decoding uses ujson. Output is
-compact UTF-8 with non-ASCII characters and ``/`` left as they are.
+otherwise ujson; :func:`active_backend` says which. Output is compact UTF-8 with
+non-ASCII characters and ``/`` left as they are.
+
+The backend never changes the outcome. A value is either written the same way by both
+or refused by both, with the same exception and message:
+
+* NaN and infinity have no JSON form: ``ValueError``. (orjson alone would write them as
+  ``null``, silently turning a number into nothing; its output is therefore checked.)
+* Strings with lone surrogates: ``ValueError``.
+* Types JSON does not have (``set``, ``bytes``, ``datetime``, dataclasses, arbitrary
+  objects): ``TypeError: Object of type X is not JSON serializable``.
+* ``uuid.UUID`` is written as its string and an ``enum.Enum`` member as its value, by
+  both (orjson does so natively, ujson is taught to).
+* Integers of any size and nesting up to 1024 levels are written (orjson's narrower
+  limits hand the value to ujson).
+* What only ujson knows is handled by ujson with either backend: ``decimal.Decimal``
+  becomes a double-precision number (send a string to keep more digits), non-string
+  keys become strings, objects with ``toDict()``/``__json__()`` use them.
 
 *Canonical* output (:func:`encode` with ``canonical=True``) is always produced by
-ujson with sorted keys, whatever backend is active, so it is byte-for-byte stable
-across machines and reproducible slice by slice (see
-:mod:`~tornado_jsonservlet.json_handlers`).
+ujson with sorted keys, so it is byte-for-byte stable across machines and
+reproducible slice by slice (see :mod:`~tornado_jsonservlet.json_handlers`).
+
+Decoding
+--------
+:func:`decode` accepts RFC 8259 JSON and nothing else: no ``NaN``/``Infinity``, no lax
+numbers (``-``, ``01``, ``1.``, ``.5``, ``+1``), no raw control characters in strings,
+no lone surrogates (raw or ``\\ud800``-escaped), and no number that would not come back
+the same when written out again -- a float that overflows to infinity is refused
+whatever its spelling (``1e400``, or ``1`` followed by 400 zeros and ``.0``). Integers
+keep their exact value (up to 4300 digits). Documents nested up to 512 levels are always
+read; deeper ones up to 1024 levels only as far as the interpreter's recursion limit
+allows (from about 900 levels), and never beyond what the encoder can write back.
 """
 
 from __future__ import annotations
 
+import decimal
+import enum
 import json
 import math
 import re
+import sys
+import uuid
 from typing import Any, Callable, Optional, Union
 
 import ujson
@@ -26,7 +58,11 @@ JSON_CONTENT_TYPE = "application/json; charset=UTF-8"
 try:  # pragma: no cover - which branch runs depends on the environment
     import orjson
 
-    _ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS
+    # Datetimes and dataclasses are passed through, i.e. refused: ujson cannot write
+    # them, and the backend must not decide whether a response succeeds. Non-string
+    # keys are refused too and left to ujson, which converts them the way it always
+    # has, so they come out the same with either backend.
+    _ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
     _fast_dumps: Optional[Callable[[Any], bytes]] = lambda obj: orjson.dumps(  # noqa: E731
         obj, option=_ORJSON_OPTIONS
     )
@@ -35,14 +71,17 @@ except ImportError:  # pragma: no cover
     _fast_dumps = None
     _BACKEND = "ujson"
 
-# Decoding always uses ujson: it caps nesting at 1024 levels, where orjson accepts
-# any depth. A body nested deeper than its encoders can write back would turn a
-# client's bad input into a server error.
-_loads: Callable[[str], Any] = ujson.loads
+#: Deepest nesting written (ujson's limit) and, roughly, read.
+MAX_DEPTH = 1024
+# Python's own limit on integer literals (int_max_str_digits), applied on every version:
+# converting a longer run of digits is quadratic where the limit does not exist.
+_MAX_INT_DIGITS = 4300
+# A document with at most this many "[" and "{" cannot be nested deeper than that, so
+# it never needs the depth check (see _stdlib_depth_is_bounded).
+_SHALLOW_BRACKETS = 512
 
-# Tokens that ujson accepts but JSON does not (NaN, Infinity) or that overflow a
-# double (1e999). A body containing one of them takes the strict stdlib path.
-_SUSPICIOUS = re.compile(rb"NaN|Infinity|[eE][+-]?\d{3}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 def active_backend() -> str:
@@ -50,99 +89,207 @@ def active_backend() -> str:
     return _BACKEND
 
 
+# -- encoding ------------------------------------------------------------------------
+
+
+def _ujson_default(value: Any) -> Any:
+    """What ujson cannot write natively but orjson can: the same result from both."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
 def _ujson_dumps(obj: Any, canonical: bool) -> bytes:
-    text: str = ujson.dumps(
-        obj,
-        ensure_ascii=False,
-        escape_forward_slashes=False,
-        allow_nan=False,
-        sort_keys=canonical,
-    )
-    return text.encode("utf-8")
+    try:
+        text: str = ujson.dumps(
+            obj,
+            ensure_ascii=False,
+            escape_forward_slashes=False,
+            allow_nan=False,
+            sort_keys=canonical,
+            default=_ujson_default,
+        )
+        return text.encode("utf-8")
+    except (TypeError, ValueError, OverflowError, RecursionError) as error:
+        # UnicodeEncodeError (a lone surrogate) is a ValueError.
+        raise _explain(obj, error) from None
 
 
 def encode(obj: Any, *, canonical: bool = False) -> bytes:
     """Encode ``obj`` as compact UTF-8 JSON.
 
     :raises TypeError: a value JSON cannot represent; the message names its type.
-    :raises ValueError: NaN or infinity (with ujson, and always in canonical mode),
-        or an integer outside the backend's range.
+    :raises ValueError: NaN or infinity, a lone surrogate, or nesting beyond 1024
+        levels. The same exception and message with either backend.
     """
+    if canonical or _fast_dumps is None:
+        return _ujson_dumps(obj, canonical)
     try:
-        if canonical or _fast_dumps is None:
-            return _ujson_dumps(obj, canonical)
-        try:
-            return _fast_dumps(obj)
-        except TypeError:
-            # orjson's limits are narrower than ujson's (255 levels, 64-bit integers);
-            # ujson either manages or reports the problem below.
-            return _ujson_dumps(obj, canonical)
-    except OverflowError as error:
-        raise ValueError(
-            f"cannot encode as JSON: {error} (NaN, infinity or huge integer)"
-        ) from None
-    except TypeError as error:
-        culprit = _first_unencodable(obj)
-        if culprit is None:
-            raise ValueError(f"cannot encode as JSON: {error}") from None
-        raise TypeError(
-            f"Object of type {type(culprit).__name__} is not JSON serializable"
-        ) from None
+        data = _fast_dumps(obj)
+    except TypeError:
+        # Beyond orjson's limits (64-bit integers, 255 levels, non-string keys,
+        # surrogates) or not JSON at all: ujson writes it or explains why not.
+        return _ujson_dumps(obj, canonical=False)
+    if b"null" in data:
+        # orjson writes NaN and infinity as null. A document holding a null is
+        # re-encoded by ujson, which refuses them, rather than walked in Python.
+        return _ujson_dumps(obj, canonical=False)
+    return data
 
 
-_JSON_SCALARS = (str, int, float, bool, type(None))
+_NATIVE_EXTRAS = (uuid.UUID,)
 
 
-def _first_unencodable(obj: Any) -> Any:
-    """The first value JSON cannot represent, found on the (rare) error path only."""
-    stack = [obj]
+def _explain(obj: Any, error: BaseException) -> Exception:
+    """The exception for a value that cannot be encoded, naming the first culprit.
+
+    Runs on the (rare) error path only. It depends on ``obj`` alone, never on which
+    backend failed, so both backends raise the same error for the same value.
+    """
+    stack: list[tuple[Any, int]] = [(obj, 1)]
     while stack:
-        value = stack.pop()
-        if isinstance(value, dict):
-            for key, item in value.items():
-                if not isinstance(key, _JSON_SCALARS):
-                    return key
-                stack.append(item)
-        elif isinstance(value, (list, tuple)):
-            stack.extend(value)
-        elif not isinstance(value, _JSON_SCALARS):
-            return value
-    return None
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                return ValueError("cannot encode as JSON: a string contains a lone surrogate")
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                return ValueError(
+                    f"cannot encode as JSON: {value!r} is not a number JSON can represent "
+                    "(NaN, infinity)"
+                )
+        elif value is None or isinstance(value, (bool, int)):
+            continue
+        elif isinstance(value, (dict, list, tuple)):
+            if depth > MAX_DEPTH:
+                return ValueError(f"cannot encode as JSON: nested deeper than {MAX_DEPTH} levels")
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    if isinstance(key, str) and _SURROGATE.search(key):
+                        return ValueError("cannot encode as JSON: a key contains a lone surrogate")
+                    stack.append((item, depth + 1))
+            else:
+                stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, enum.Enum):
+            stack.append((value.value, depth))
+        elif isinstance(value, decimal.Decimal):
+            if not (value.is_finite() and math.isfinite(float(value))):
+                return ValueError(
+                    f"cannot encode as JSON: Decimal({str(value)!r}) is not a number JSON "
+                    "can represent (NaN, infinity)"
+                )
+        elif (
+            isinstance(value, _NATIVE_EXTRAS)
+            or hasattr(value, "toDict")
+            or hasattr(value, "__json__")
+        ):
+            continue  # ujson writes these itself
+        else:
+            return TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+    return ValueError(f"cannot encode as JSON: {error}")
+
+
+# -- decoding ------------------------------------------------------------------------
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _finite_float(text: str) -> float:
-    number = float(text)
-    if not math.isfinite(number):
-        raise ValueError(f"number {text[:20]} is out of range")
-    return number
+def _finite_float(
+    text: str,
+    _float: Callable[[str], float] = float,
+    _isfinite: Callable[[float], bool] = math.isfinite,
+) -> float:
+    # Called for every float of every body: locals, not globals, on the hot path.
+    number = _float(text)
+    if _isfinite(number):
+        return number
+    shown = text if len(text) <= 20 else f"{text[:20]}..."
+    raise ValueError(f"number {shown} is out of range")
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > _MAX_INT_DIGITS + 1:
+        raise ValueError(f"integer with more than {_MAX_INT_DIGITS} digits")
+    return int(text)
+
+
+# Interpreters with int_max_str_digits (3.9.14+, 3.10.7+, 3.11+) refuse long integers in
+# the parser itself, at C speed; a Python hook for every integer would double the cost
+# of decoding a document full of numbers.
+_PARSE_INT: Optional[Callable[[str], int]] = (
+    None if hasattr(sys, "get_int_max_str_digits") else _bounded_int
+)
+
+
+def _stdlib_depth_is_bounded() -> bool:
+    """Whether the stdlib parser itself stops before :data:`MAX_DEPTH` levels.
+
+    Up to Python 3.11 its nesting counts against the recursion limit (1000 by
+    default). From 3.12 it has a separate, higher C limit (3.13 reads 20 times
+    deeper), and an application may raise the recursion limit on any version.
+    """
+    return sys.version_info < (3, 12) and sys.getrecursionlimit() <= MAX_DEPTH
+
+
+# Built once: json.loads() with hooks would build a decoder and its scanner per call.
+_DECODER = json.JSONDecoder(
+    parse_float=_finite_float, parse_int=_PARSE_INT, parse_constant=_reject_constant
+)
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def decode(data: Union[bytes, str]) -> Any:
-    """Decode one JSON document. Strict: UTF-8 only, no NaN/Infinity, finite numbers.
+    """Decode one RFC 8259 JSON document (see the module documentation).
 
     :raises ValueError: with a message about the input (safe to show the client).
     """
-    if isinstance(data, bytes):
+    if isinstance(data, str):
+        text = data
         try:
-            text = data.decode("utf-8")
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ValueError(f"lone surrogate at position {error.start}") from None
+    else:
+        try:
+            text = bytes(data).decode("utf-8")
         except UnicodeDecodeError as error:
             raise ValueError(f"invalid UTF-8 at byte {error.start}") from None
-        raw = data
-    else:
-        text = data
-        raw = data.encode("utf-8", "surrogatepass")
-    if _SUSPICIOUS.search(raw):
+    if text.count("[") + text.count("{") > _SHALLOW_BRACKETS and not _stdlib_depth_is_bounded():
+        # Deeper than the encoders can write back would turn bad input into a 500
+        # when the value is echoed: ujson enforces its fixed limit first.
         try:
-            return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
-        except RecursionError:
-            raise ValueError("JSON nested too deeply") from None
-        except json.JSONDecodeError as error:
-            raise ValueError(error.msg + f" at position {error.pos}") from None
+            ujson.loads(text)
+        except ValueError as error:
+            raise ValueError(str(error)) from None
     try:
-        return _loads(text)
+        value = _DECODER.decode(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
     except ValueError as error:
-        raise ValueError(str(error)) from None
+        if str(error).startswith("Exceeds the limit"):  # the interpreter's int_max_str_digits
+            raise ValueError(f"integer with more than {_MAX_INT_DIGITS} digits") from None
+        raise
+    except json.JSONDecodeError as error:
+        message = error.msg[:-3] if error.msg.endswith(" at") else error.msg
+        raise ValueError(f"{message} at position {error.pos}") from None
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(value):
+        raise ValueError("a string contains an escaped lone surrogate")
+    return value

@@ -6,6 +6,12 @@ request once: ``observe(servlet, method, status, seconds)``. Two sinks ship:
 * :class:`InMemoryMetrics`, dependency-free, for tests, health pages or your own export;
 * :class:`PrometheusMetrics`, a counter and a histogram in ``prometheus_client``
   (``pip install tornado-jsonservlet[metrics]``); only it needs the extra.
+
+Label values derived from the request come from a bounded set. A client chooses the
+method it sends, and each new label value is a new time series that lives as long as
+the process; 300 invented methods once added 300 series per servlet. So any method
+outside :data:`KNOWN_METHODS` is reported as ``"other"``, and so is a status outside
+100-599 (:func:`method_label`, :func:`status_label`).
 """
 
 from __future__ import annotations
@@ -15,11 +21,38 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-__all__ = ["InMemoryMetrics", "PrometheusMetrics", "ServletMetrics"]
+__all__ = [
+    "KNOWN_METHODS",
+    "OTHER",
+    "InMemoryMetrics",
+    "PrometheusMetrics",
+    "ServletMetrics",
+    "method_label",
+    "status_label",
+]
+
+#: Methods reported under their own name; every other method is :data:`OTHER`.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+#: The one label value that every unexpected method or status folds into.
+OTHER = "other"
+
+
+def method_label(method: str) -> str:
+    """``method`` if it is one of :data:`KNOWN_METHODS`, else ``"other"``."""
+    return method if method in KNOWN_METHODS else OTHER
+
+
+def status_label(status: int) -> str:
+    """The status as a label: ``"100"`` to ``"599"``, else ``"other"``."""
+    return str(status) if isinstance(status, int) and 100 <= status <= 599 else OTHER
 
 
 class ServletMetrics:
-    """Receives one observation per finished request. Subclass to export them."""
+    """Receives one observation per finished request. Subclass to export them.
+
+    The registry's servlets pass ``method`` through :func:`method_label` already, so
+    a sink sees at most eight methods.
+    """
 
     def observe(self, servlet: str, method: str, status: int, seconds: float) -> None:
         raise NotImplementedError
@@ -86,5 +119,8 @@ class PrometheusMetrics(ServletMetrics):
         )
 
     def observe(self, servlet: str, method: str, status: int, seconds: float) -> None:
-        self._requests.labels(servlet, method, str(status)).inc()
+        # Folded again here: observe() is public, and a caller other than the
+        # registry's servlets may pass raw request data.
+        method = method_label(method)
+        self._requests.labels(servlet, method, status_label(status)).inc()
         self._durations.labels(servlet, method).observe(seconds)

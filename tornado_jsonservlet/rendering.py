@@ -62,6 +62,7 @@ from tornado.log import app_log, gen_log
 from .connection import abort_response
 from .disconnect import CancelOnDisconnectMixin
 from .errors import ServletError, reason_phrase
+from .headers import check_header, header_value_problem, parse_accept
 from .jsonio import JSON_CONTENT_TYPE, encode
 
 __all__ = [
@@ -92,6 +93,17 @@ def _internal_detail(exc: BaseException) -> str:
         return str(message)
 
 
+def _valid_reason(reason: Optional[str]) -> bool:
+    """A reason phrase Tornado can put on the status line, on every version (6.4 sends
+    anything, so CR/LF or non-Latin-1 text would break the response)."""
+    return (
+        isinstance(reason, str)
+        and 0 < len(reason) <= 128
+        and "<" not in reason
+        and header_value_problem(reason) is None
+    )
+
+
 def _bodiless(status: int) -> bool:
     return status in (204, 304) or 100 <= status < 200 or 300 <= status < 400
 
@@ -110,8 +122,13 @@ def _builtin_error(exc: tornado.web.HTTPError) -> ServletError:
     if isinstance(exc, ServletError):
         return exc
     status = exc.status_code
-    error = ServletError(status, exc.reason or reason_phrase(status))
-    error.reason = exc.reason or error.reason
+    if not (isinstance(status, int) and 100 <= status <= 599):
+        # Not a status HTTP can carry: an internal error, not a bogus status line.
+        return ServletError(500, _INTERNAL_MESSAGE, "UNKNOWN")
+    reason = exc.reason
+    error = ServletError(status, reason or reason_phrase(status))
+    if reason and _valid_reason(reason):
+        error.reason = reason
     return error
 
 
@@ -314,8 +331,17 @@ class ErrorRenderingMixin(tornado.web.RequestHandler):
             _log_http_error(self, error, exc)
 
     def _write_error_response(self, error: ServletError, exc: Optional[BaseException]) -> None:
-        self.set_status(error.code, error.reason)
-        for name, value in error.headers.items():
+        try:
+            # ServletError checks its headers when it is created; this catches ones
+            # changed afterwards. A response is never sent without a header it
+            # promised (a redirect without Location): it becomes a 500 instead.
+            headers = [(name, check_header(name, value)) for name, value in error.headers.items()]
+        except ValueError as problem:
+            app_log.error("Cannot send the %d response: %s", error.code, problem)
+            error, headers = self._internal_error(exc or error), []
+        reason = error.reason if _valid_reason(error.reason) else reason_phrase(error.code)
+        self.set_status(error.code, reason)
+        for name, value in headers:
             self.set_header(name, value)
         self.set_header("Cache-Control", "no-cache, no-store, must-revalidate")
         self.set_header("X-Content-Type-Options", "nosniff")
@@ -413,38 +439,31 @@ def preferred_media_type(accept: Optional[str], offers: Sequence[str]) -> str:
     Each offer takes the q of the most specific range that matches it (exact, then
     ``type/*``, then ``*/*``). Ties, a missing header and a header that accepts
     none of the offers all give the first offer.
+
+    The header is client input, so parsing is strict and bounded
+    (:func:`~tornado_jsonservlet.headers.parse_accept`): ASCII only, at most 4 KB
+    and 64 ranges, weights written as RFC 9110 qvalues. Whatever cannot be read
+    counts as no preference, never as an error: this runs while an error is
+    being rendered.
     """
-    if not accept:
+    ranges = parse_accept(accept)
+    if not ranges:
         return offers[0]
-    ranges: list[tuple[str, str, float]] = []
-    for item in accept.split(","):
-        media, _, params = item.strip().partition(";")
-        kind, _, subtype = media.strip().lower().partition("/")
-        q = 1.0
-        for param in params.split(";"):
-            name, _, value = param.strip().partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    q = min(max(float(value), 0.0), 1.0)
-                except ValueError:
-                    q = 0.0
-        if kind:
-            ranges.append((kind, subtype or "*", q))
 
     def quality(offer: str) -> float:
         kind, _, subtype = offer.partition("/")
         best, best_specificity = 0.0, -1
-        for range_kind, range_subtype, q in ranges:
-            if (range_kind, range_subtype) == (kind, subtype):
+        for media_range in ranges:
+            if (media_range.type, media_range.subtype) == (kind, subtype):
                 specificity = 2
-            elif range_kind == kind and range_subtype == "*":
+            elif media_range.type == kind and media_range.subtype == "*":
                 specificity = 1
-            elif range_kind == "*" and range_subtype == "*":
+            elif media_range.type == "*" and media_range.subtype == "*":
                 specificity = 0
             else:
                 continue
             if specificity > best_specificity:
-                best, best_specificity = q, specificity
+                best, best_specificity = media_range.q, specificity
         return best
 
     scores = [quality(offer) for offer in offers]

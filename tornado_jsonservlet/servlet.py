@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Optional
@@ -44,9 +45,10 @@ import tornado.web
 from .cors import CorsMixin
 from .disconnect import CancelOnDisconnectMixin
 from .errors import BadRequest, MethodNotAllowed, NotFound
+from .headers import parse_media_type
 from .json_handlers import JsonBodyMixin, JsonResponseMixin
 from .lean import LeanResponseMixin
-from .metrics import ServletMetrics
+from .metrics import ServletMetrics, method_label
 from .rendering import HtmlErrorMixin, JsonErrorMixin
 
 __all__ = ["SERVLET_METHODS", "HtmlServlet", "JsonServlet", "ServletRoute", "implemented_methods"]
@@ -56,6 +58,9 @@ SERVLET_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 ROUTE_KWARG = "_tornado_jsonservlet_route"
 
+_PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]*")
+_FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+
 
 @dataclass(frozen=True)
 class ServletRoute:
@@ -63,7 +68,6 @@ class ServletRoute:
 
     pattern: str
     converters: Mapping[str, Callable[[str], Any]] = field(default_factory=dict)
-    segment_params: frozenset[str] = frozenset()
     metrics: Optional[ServletMetrics] = None
 
 
@@ -168,17 +172,21 @@ class _ServletBase(
         await self.send_body(status, body)
 
     def _convert_params(self, raw_params: Mapping[str, str]) -> dict[str, Any]:
+        path = self.request.path
+        if not _PRINTABLE_ASCII.fullmatch(path):
+            # Tornado reads the request line as Latin-1 and re-encodes it as UTF-8
+            # when decoding parameters, so a raw non-ASCII byte would reach the
+            # servlet as mojibake. Clients percent-encode; anything else is refused.
+            raise BadRequest("The request path must be ASCII; percent-encode other characters")
         route = self._route
         params: dict[str, Any] = {}
         for name, value in raw_params.items():
-            # A str parameter is one path segment: an encoded "/" (%2F) would make
-            # it two once decoded, so such a path does not match (404).
-            if name in route.segment_params and "/" in value:
-                raise NotFound("Unrecognized request", "UNRECOGNIZED")
             converter = route.converters.get(name)
             try:
                 params[name] = converter(value) if converter else value
             except ValueError:
+                # Not a valid value of the parameter's type (for a str: a "/" from
+                # an encoded %2F, a dot segment): the path does not match.
                 raise NotFound("Unrecognized request", "UNRECOGNIZED") from None
         return params
 
@@ -187,7 +195,11 @@ class _ServletBase(
         body = self._body_bytes()
         self.request.body = body
         content_type = self.request.headers.get("Content-Type", "")
-        if body and not content_type.startswith("application/json"):
+        media = parse_media_type(content_type)
+        # Only well-formed form types reach Tornado's parser: its parameter parsing
+        # is quadratic on Tornado 6.4, so an unbounded header must not get there.
+        # Any other body is left for json_body, which answers 415 if it is not JSON.
+        if body and media is not None and media.essence in _FORM_TYPES:
             try:
                 tornado.httputil.parse_body_arguments(
                     content_type,
@@ -216,7 +228,7 @@ class _ServletBase(
         if metrics is not None:
             metrics.observe(
                 self.servlet_name,
-                self.request.method or "",
+                method_label(self.request.method or ""),
                 self.get_status(),
                 self.request.request_time(),
             )
