@@ -12,19 +12,17 @@ import asyncio
 import json
 import os
 import socket
-import ssl
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
-from typing import Any, Optional
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import tornado
 import tornado.netutil
 import tornado.web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
-from tornado.simple_httpclient import HTTPTimeoutError, SimpleAsyncHTTPClient
+from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
 from tests.support import access_statuses, messages, settle
 from tornado_jsonservlet import CancelOnDisconnectMixin
@@ -233,6 +231,14 @@ async def test_configure_by_dotted_name():
 # -- in flight ------------------------------------------------------------------------
 
 
+async def give_up_after(how: str, fetch: Any, seconds: float) -> None:
+    if how == "wait_for":
+        await asyncio.wait_for(fetch, seconds)
+    else:
+        async with asyncio.timeout(seconds):  # type: ignore[attr-defined]
+            await fetch
+
+
 @pytest.mark.parametrize("how", ["task.cancel", "wait_for", "timeout"])
 async def test_cancelled_fetch_closes_the_connection_and_the_upstream_stops(
     client, upstream, base, caplog, how
@@ -257,11 +263,7 @@ async def test_cancelled_fetch_closes_the_connection_and_the_upstream_stops(
         await upstream.wait("started")
         left = loop.time()
         with pytest.raises(asyncio.TimeoutError):
-            if how == "wait_for":
-                await asyncio.wait_for(fetch, 0.001)
-            else:
-                async with asyncio.timeout(0.001):  # type: ignore[attr-defined]
-                    await fetch
+            await give_up_after(how, fetch, 0.001)
     await upstream.wait("cancelled")
     took = loop.time() - left
     await upstream.wait("finished /hold")

@@ -38,11 +38,11 @@ MODULES = ["tornado.test.simple_httpclient_test", "tornado.test.httpclient_test"
 async def _cancel_is_quiet(self: Any) -> None:
     """A cancelled fetch is aborted: no ERROR log (the runner fails on any), slot freed."""
     future = self.http_client.fetch(self.get_url("/404"))
-    self.assertTrue(future.cancel())
+    assert future.cancel()
     for _ in range(20):
         await asyncio.sleep(0.01)
-    self.assertEqual(self.http_client.active, {})
-    self.assertEqual(len(self.http_client.queue), 0)
+    assert self.http_client.active == {}
+    assert len(self.http_client.queue) == 0
 
 
 def main(argv: list[str]) -> None:

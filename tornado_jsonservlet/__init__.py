@@ -14,7 +14,10 @@ The parts, each in its own module and usable alone:
 * :mod:`~tornado_jsonservlet.lean` -- less work per request than Tornado's defaults;
 * :mod:`~tornado_jsonservlet.servlet` -- ``on_GET``-style handlers returning ``(status, body)``;
 * :mod:`~tornado_jsonservlet.registry` -- path patterns to ``URLSpec``s;
-* :mod:`~tornado_jsonservlet.metrics` -- per-servlet counts and timings.
+* :mod:`~tornado_jsonservlet.metrics` -- per-servlet counts and timings;
+* :mod:`~tornado_jsonservlet.outbound` -- outbound HTTP that aborts when cancelled;
+* :mod:`~tornado_jsonservlet.threads` -- thread work that learns its caller left;
+* :mod:`~tornado_jsonservlet.context` -- the request deadline seen by all its work.
 """
 
 from .connection import CLIENT_CLOSED_REQUEST, ClientConnectionMixin
@@ -42,6 +45,7 @@ from .registry import ServletRegistry
 from .rendering import HtmlErrorMixin, JsonErrorMixin, NegotiatedErrorMixin
 from .safe_output import SafeWriteMixin
 from .servlet import HtmlServlet, JsonServlet
+from .threads import CancelToken, current_cancel_token, run_in_executor
 
 __version__ = "0.1.0.dev0"
 
@@ -49,6 +53,7 @@ __all__ = [
     "CLIENT_CLOSED_REQUEST",
     "BadRequest",
     "CancelOnDisconnectMixin",
+    "CancelToken",
     "ClientConnectionMixin",
     "Conflict",
     "CorsMixin",
@@ -76,9 +81,11 @@ __all__ = [
     "UnsupportedMediaType",
     "__version__",
     "active_backend",
+    "current_cancel_token",
     "decode",
     "encode",
     "errcode_for_status",
     "require",
+    "run_in_executor",
     "uncancellable",
 ]
