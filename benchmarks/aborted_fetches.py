@@ -135,7 +135,8 @@ async def run(aborts: int, max_clients: int, upstream: Hop) -> int:
 
     print(f"aborted fetches: {done} in {took:.2f} s ({batch} batches of up to {2 * max_clients})")
     print(f"  at the abort: {in_flight} held a slot (connecting or in flight), {queued} queued")
-    print(f"  upstream handlers started {upstream_started - max_clients}, cancelled {upstream_cancelled}")
+    aborted_upstream = upstream_started - max_clients
+    print(f"  upstream handlers started {aborted_upstream}, cancelled {upstream_cancelled}")
     print(f"  client slots/queue/waiting after the aborts: {slots_after_aborts}")
     print(
         f"burst of {max_clients}: {started_at_once} started at once, {queued_in_burst} queued, "
@@ -152,7 +153,7 @@ async def run(aborts: int, max_clients: int, upstream: Hop) -> int:
         and all(r.code == 200 for r in responses)
         and fds_after <= fds
         and tasks_after <= tasks
-        and upstream_cancelled == upstream_started - max_clients
+        and upstream_cancelled == aborted_upstream
         and not errors.records
     )
     print("result:", "clean" if clean else "SOMETHING WAS LEFT BEHIND")
