@@ -81,8 +81,8 @@ class UncancellableReportQuery(ReportQuery):
 
 
 @pytest.fixture
-def shared() -> Shared:
-    return Shared()
+def shared(io_loop: Any) -> Shared:
+    return Shared()  # after io_loop: on Python 3.9 an Event binds to the current loop
 
 
 @pytest.fixture
