@@ -9,6 +9,7 @@ assumed.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import socket
@@ -390,20 +391,25 @@ async def test_cancelled_in_flight_fetch_frees_its_slot_for_the_queue(upstream, 
 
 
 class SlowResolver(tornado.netutil.Resolver):
-    """Answers for 127.0.0.1 after a delay, so a fetch can be cancelled while resolving."""
+    """Answers (127.0.0.1, or a failure) after a delay: a fetch can be cancelled meanwhile."""
 
-    def initialize(self, delay: float = 0.5) -> None:  # type: ignore[override]
+    def initialize(self, delay: float = 0.5, fail: bool = False) -> None:  # type: ignore[override]
         self.delay = delay
+        self.fail = fail
         self.calls = 0
 
     async def resolve(self, host: str, port: int, family: Any = socket.AF_UNSPEC) -> Any:
         self.calls += 1
         await asyncio.sleep(self.delay)
+        if self.fail:
+            raise OSError(f"no such host: {host}")
         return [(socket.AF_INET, ("127.0.0.1", port))]
 
 
-async def test_cancelled_while_resolving(upstream, port):
-    resolver = SlowResolver(delay=0.3)
+@pytest.mark.parametrize("fail", [False, True], ids=["answers", "fails"])
+async def test_cancelled_while_resolving(upstream, port, fail):
+    """Nobody waits for the lookup any more: its late answer or failure stays quiet."""
+    resolver = SlowResolver(delay=0.3, fail=fail)
     client = CancellableHTTPClient(force_instance=True, resolver=resolver)
     fds, tasks = open_fds(), pending_tasks()
     try:
@@ -413,6 +419,7 @@ async def test_cancelled_while_resolving(upstream, port):
         await settle()
         assert_idle(client)
         await asyncio.sleep(0.4)  # the resolver answers now, to nobody
+        gc.collect()  # an unread failure would be reported now (the suite fails on it)
         assert upstream.events == []
         await resources_back_to(fds, tasks)
     finally:

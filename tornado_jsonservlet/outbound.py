@@ -57,9 +57,10 @@ import copy
 import math
 import socket
 import time
-from typing import Any, Callable, Optional, Union
+from typing import Any, Awaitable, Callable, Optional, Union
 
 import tornado
+from tornado import gen
 from tornado.concurrent import Future
 from tornado.httpclient import HTTPRequest, HTTPResponse
 from tornado.httputil import HTTPHeaders
@@ -123,6 +124,34 @@ class _Fetch:
             self.client._abort(self)
 
 
+class _QuietResolver(Resolver):
+    """Resolves through the client's resolver; an outcome nobody waits for stays quiet.
+
+    Tornado 6.6 runs the lookup as a task under ``gen.with_timeout``. After an abort
+    nobody reads that task's outcome, and a lookup that fails later would be reported
+    as "Task exception was never retrieved". Reading it here, as it completes, changes
+    nothing for a caller still waiting: the failure still reaches it.
+    """
+
+    def initialize(self, resolver: Resolver) -> None:
+        self._resolver = resolver
+
+    def close(self) -> None:
+        pass  # the wrapped resolver belongs to the client, which closes it
+
+    def resolve(
+        self, host: str, port: int, family: socket.AddressFamily = socket.AF_UNSPEC
+    ) -> Awaitable[list[tuple[int, Any]]]:
+        lookup = gen.convert_yielded(self._resolver.resolve(host, port, family))
+        lookup.add_done_callback(_read_outcome)
+        return lookup
+
+
+def _read_outcome(future: Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class _ConnectAttempts(TCPClient):
     """The TCP client of one request: it remembers the sockets it opens.
 
@@ -131,7 +160,7 @@ class _ConnectAttempts(TCPClient):
     """
 
     def __init__(self, resolver: Resolver) -> None:
-        super().__init__(resolver=resolver)
+        super().__init__(resolver=_QuietResolver(resolver))
         self.streams: list[IOStream] = []
 
     def _create_stream(
