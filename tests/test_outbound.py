@@ -27,7 +27,12 @@ from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
 from tests.support import access_statuses, messages, settle
 from tornado_jsonservlet import CancelOnDisconnectMixin
-from tornado_jsonservlet.context import deadline_header, deadline_remaining, request_deadline
+from tornado_jsonservlet.context import (
+    deadline_header,
+    deadline_remaining,
+    loop_time,
+    request_deadline,
+)
 from tornado_jsonservlet.outbound import CancellableHTTPClient
 
 pytestmark = pytest.mark.gen_test
@@ -589,6 +594,19 @@ async def test_redirect_keeps_the_deadline(http_client, base, upstream):
     await front(http_client, base, "ms=3000&path=/redirect?to=/fast")
     assert upstream.events == ["redirected", "finished /redirect", "fast", "finished /fast"]
     assert 2000 < int(upstream.headers[0]["X-Envoy-Expected-Rq-Timeout-Ms"]) <= 3000
+
+
+async def test_deadline_keeps_the_usual_argument_errors(client, base, upstream):
+    token = request_deadline.set(loop_time() + 5)
+    try:
+        with pytest.raises(ValueError, match="kwargs can't be used"):
+            client.fetch(HTTPRequest(f"{base}/fast"), method="POST")
+        with pytest.raises(TypeError):
+            client.fetch(f"{base}/fast", no_such_option=1)
+    finally:
+        request_deadline.reset(token)
+    assert_idle(client)
+    assert upstream.events == []
 
 
 async def test_without_deadline_nothing_changes(client, base, upstream):

@@ -326,11 +326,12 @@ class CancellableHTTPClient(SimpleAsyncHTTPClient):
         # A redirect keeps the deadline of the request it follows (it runs in some
         # other task's context); any other fetch takes the caller's.
         deadline = parent.deadline if parent is not None else request_deadline.get()
-        if deadline is not None and math.isfinite(deadline):
+        if deadline is not None and not math.isfinite(deadline):
+            deadline = None  # NaN or infinity: no deadline rather than a bogus one
+        if deadline is not None and not (isinstance(request, HTTPRequest) and kwargs):
+            # (An HTTPRequest with kwargs is left to the base class, which refuses it.)
             request = self._bounded_by_deadline(request, kwargs, deadline)
             kwargs = {}
-        else:
-            deadline = None  # NaN or infinity: no deadline rather than a bogus one
         record = _Fetch(self, deadline)
         self._registering = record
         try:
@@ -390,8 +391,6 @@ class CancellableHTTPClient(SimpleAsyncHTTPClient):
     ) -> HTTPRequest:
         """A copy of ``request`` whose timeouts end by ``deadline``, with the header."""
         if isinstance(request, HTTPRequest):
-            if kwargs:  # let the base class raise its usual error
-                return request
             request = copy.copy(request)
         else:
             request = HTTPRequest(url=request, **kwargs)
