@@ -17,6 +17,9 @@ logged at ERROR. Plain Tornado would run the work for nobody, log a
 ``GET /events`` shows a live counter fed by server-sent events from
 ``/api/v1/events/counter``; ``/events?drop_after=5&retry=500`` has the server end
 each stream after five events, and the browser resumes where it left off.
+``GET /chain?delay=3`` does the same one hop away: it fetches this server's own
+``/?delay=3`` through the cancellable HTTP client. Kill the client and both requests
+are cancelled and logged as 499; the inner work never runs.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import tornado.escape
 import tornado.ioloop
 import tornado.options
 import tornado.web
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from tornado.options import define, options
 
 from tornado_jsonservlet import (
@@ -43,6 +47,7 @@ from tornado_jsonservlet import (
     JsonServlet,
     NegotiatedErrorMixin,
     NotFound,
+    ServletError,
     ServletRegistry,
     TooManyRequests,
     require,
@@ -84,6 +89,29 @@ class DelayedWorkHandler(CancelOnDisconnectMixin, tornado.web.RequestHandler):
                 400, reason=f"delay must be a number of seconds from 0 to {MAX_DELAY_SECONDS:g}"
             )
         return delay
+
+
+class ChainHandler(CancelOnDisconnectMixin, JsonErrorMixin, tornado.web.RequestHandler):
+    """``GET /chain?delay=SECONDS``: ``/?delay=SECONDS`` of this server, fetched over HTTP.
+
+    A service calling another one. With ``AsyncHTTPClient`` configured as the
+    cancellable client (``main()`` does), a client that leaves cancels this handler,
+    which aborts the fetch, whose closed connection cancels the inner handler.
+    """
+
+    def initialize(self, upstream: str) -> None:
+        self.upstream = upstream
+
+    async def get(self) -> None:
+        delay = _bounded_float(self.get_argument("delay", "0"), "delay", 0, MAX_DELAY_SECONDS)
+        url = f"{self.upstream}/?delay={delay:g}"
+        app_log.info("chain: fetching %s", url)
+        try:
+            response = await AsyncHTTPClient().fetch(url, request_timeout=MAX_DELAY_SECONDS + 5)
+        except (HTTPClientError, OSError) as error:
+            app_log.warning("chain: %s failed: %s", url, error)
+            raise ServletError(502, "The inner request failed", "UPSTREAM_FAILED") from None
+        await self.finish(b"chain: " + response.body)
 
 
 class ErrorShowcase(tornado.web.RequestHandler):
@@ -318,11 +346,17 @@ def make_registry(metrics: InMemoryMetrics | None = None) -> ServletRegistry:
     return registry
 
 
-def make_app(**settings: object) -> tornado.web.Application:
+def make_app(chain_upstream: str | None = None, **settings: object) -> tornado.web.Application:
+    """The demo application. ``chain_upstream`` (this server's own base URL) enables
+    ``/chain``; ``main()`` passes it."""
     registry = make_registry(InMemoryMetrics())
+    chain = (
+        [] if chain_upstream is None else [(r"/chain", ChainHandler, {"upstream": chain_upstream})]
+    )
     return tornado.web.Application(
         [
             (r"/", DelayedWorkHandler),
+            *chain,
             (r"/errors/json", JsonErrorShowcase),
             (r"/errors/html", HtmlErrorShowcase),
             (r"/errors/negotiated", NegotiatedErrorShowcase),
@@ -336,7 +370,12 @@ def make_app(**settings: object) -> tornado.web.Application:
 
 def main() -> None:
     tornado.options.parse_command_line()
-    app = make_app()
+    # Outbound requests abort when the handler awaiting them is cancelled.
+    AsyncHTTPClient.configure("tornado_jsonservlet.outbound.CancellableHTTPClient")
+    host = options.address if options.address not in ("", "0.0.0.0", "::") else "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    app = make_app(chain_upstream=f"http://{host}:{options.port}")
     app.listen(options.port, address=options.address)
     app_log.info("listening on http://%s:%d/", options.address, options.port)
     tornado.ioloop.IOLoop.current().start()

@@ -21,6 +21,9 @@ The parts, each in its own module and usable alone:
 * :mod:`~tornado_jsonservlet.stream_servlets` -- ``EventStreamServlet`` for the registry;
 * :mod:`~tornado_jsonservlet.broadcast` -- publish/subscribe fan-out (in memory);
 * :mod:`~tornado_jsonservlet.redis_broadcast` -- the same across processes (``redis`` extra).
+* :mod:`~tornado_jsonservlet.outbound` -- outbound HTTP that aborts when cancelled;
+* :mod:`~tornado_jsonservlet.threads` -- thread work that learns its caller left;
+* :mod:`~tornado_jsonservlet.context` -- the request deadline seen by all its work.
 """
 
 from .broadcast import (
@@ -63,6 +66,7 @@ from .safe_output import SafeWriteMixin
 from .servlet import HtmlServlet, JsonServlet
 from .stream_servlets import EventStreamServlet
 from .streaming import EventStreamMixin, JsonLinesMixin, LongPollMixin
+from .threads import CancelToken, current_cancel_token, run_in_executor
 
 __version__ = "0.1.0.dev0"
 
@@ -74,6 +78,7 @@ __all__ = [
     "Broadcaster",
     "CancelOnDisconnectMixin",
     "CancelReason",
+    "CancelToken",
     "ClientConnectionMixin",
     "Conflict",
     "CorsMixin",
@@ -109,9 +114,11 @@ __all__ = [
     "__version__",
     "active_backend",
     "cancellable",
+    "current_cancel_token",
     "decode",
     "encode",
     "errcode_for_status",
     "require",
+    "run_in_executor",
     "uncancellable",
 ]

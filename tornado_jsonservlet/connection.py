@@ -43,7 +43,6 @@ CLIENT_CLOSED_REASON = "Client Closed Request"
 _TornadoRequestHandler = tornado.web.RequestHandler
 
 
-
 def abort_response(handler: tornado.web.RequestHandler) -> None:
     """Close the connection without completing the response, then finish the request.
 

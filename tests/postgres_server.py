@@ -1,0 +1,120 @@
+"""A throwaway PostgreSQL server for tests: Debian's binaries, a temp dir, loopback.
+
+The server comes from the OS package (``apt-get install postgresql``), whose binaries
+live under ``/usr/lib/postgresql/<version>/bin`` (not on PATH). PostgreSQL refuses to
+run as root, so when the tests run as root the cluster is created and started as the
+``postgres`` system user the package creates.
+
+``CI=true`` turns a missing server into a failure: CI installs it, so its absence
+there is a broken setup, not a reason to skip.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NoReturn, Optional
+
+import pytest
+
+READY = "database system is ready to accept connections"
+
+
+def find_bindir() -> Optional[Path]:
+    """The directory holding ``initdb`` and ``postgres``, newest version first."""
+    candidates = []
+    on_path = shutil.which("postgres")
+    if on_path:
+        candidates.append(Path(on_path).resolve().parent)
+
+    def version(path: str) -> tuple[int, ...]:
+        part = Path(path).parent.parent.name
+        return tuple(int(x) for x in part.split(".") if x.isdigit())
+
+    found = glob.glob("/usr/lib/postgresql/*/bin/postgres")
+    candidates += [Path(p).parent for p in sorted(found, key=version, reverse=True)]
+    for directory in candidates:
+        if (directory / "initdb").exists() and (directory / "postgres").exists():
+            return directory
+    return None
+
+
+def missing(reason: str) -> NoReturn:
+    """Skip locally; fail under CI, where the component must be installed."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: .ci/run must install it)", pytrace=False)
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """Start a server in a fresh temp dir on a loopback port; yield its DSN."""
+    bindir = find_bindir()
+    if bindir is None:
+        missing("PostgreSQL is not installed (apt-get install postgresql)")
+    run_as: Optional[str] = None
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            missing("running as root, and there is no 'postgres' user to run PostgreSQL as")
+        run_as = "postgres"
+    root = Path(tempfile.mkdtemp(prefix="tjs-postgres-"))
+    if run_as is not None:
+        shutil.chown(root, user=run_as)
+    data = root / "data"
+    log_path = root / "server.log"
+    port = free_port()
+    subprocess.run(
+        [str(bindir / "initdb"), "-D", str(data), "-U", "test", "--auth=trust", "-E", "UTF8", "-N"],
+        check=True,
+        capture_output=True,
+        user=run_as,
+        cwd=root,
+        timeout=120,
+    )
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(
+            [
+                str(bindir / "postgres"),
+                *("-D", str(data), "-h", "127.0.0.1", "-p", str(port), "-k", str(root)),
+                *("-c", "fsync=off", "-c", "synchronous_commit=off"),
+                *("-c", "full_page_writes=off", "-c", "max_connections=20"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            user=run_as,
+            cwd=root,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while READY not in log_path.read_text(errors="replace"):
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"PostgreSQL did not start:\n{log_path.read_text()}")
+            time.sleep(0.05)
+        yield f"postgresql://test@127.0.0.1:{port}/postgres"
+    finally:
+        server.send_signal(signal.SIGINT)  # fast shutdown
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        shutil.rmtree(root, ignore_errors=True)
