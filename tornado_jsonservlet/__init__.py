@@ -37,6 +37,7 @@ from .connection import CLIENT_CLOSED_REQUEST, ClientConnectionMixin
 from .cors import CorsMixin
 from .disconnect import (
     CLIENT_LEFT,
+    DEADLINE_EXCEEDED,
     CancelOnDisconnectMixin,
     CancelReason,
     cancellable,
@@ -73,6 +74,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "CLIENT_CLOSED_REQUEST",
     "CLIENT_LEFT",
+    "DEADLINE_EXCEEDED",
     "BadRequest",
     "BroadcastUnavailable",
     "Broadcaster",

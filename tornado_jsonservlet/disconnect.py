@@ -17,6 +17,21 @@ shutting down. Whatever the reason, the same things happen:
    outcome: nothing sent and status 499 in the access log when the client left,
    an error response otherwise (504 for a deadline, for example).
 
+Deadlines
+---------
+``request_deadline`` (seconds; a class attribute, or the application setting of
+the same name, the class winning) gives each request a deadline. When it passes,
+the request is cancelled for :data:`DEADLINE_EXCEEDED`: exactly what a disconnect
+cancels is cancelled, and the client, still there, gets 504
+``{"errcode": "DEADLINE_EXCEEDED"}``. While a deadline is in force,
+:func:`~tornado_jsonservlet.context.deadline_remaining` tells any code the
+request runs (child tasks, threads, the cancellable HTTP client, which caps its
+timeouts and tells upstreams) how long is left. With the application setting
+``accept_deadline_header=True``, a request's deadline is also bounded by the
+milliseconds its caller sent in the ``deadline_header`` setting's header (default
+``X-Envoy-Expected-Rq-Timeout-Ms``, as Envoy sends it). A deadline costs one
+``call_later``; no deadline costs nothing.
+
 Only cancellations the toolkit started are absorbed. Any other one (server
 shutdown by the application, a test's teardown, ``task.cancel()`` by application
 code) propagates exactly as in plain Tornado. They are told apart with
@@ -52,20 +67,25 @@ let the cancellation escape; the mixin gives the same result on all three.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Coroutine
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Callable, ClassVar, Literal, Optional, TypeVar, Union
 
 import tornado.web
-from tornado.log import access_log
+from tornado.log import access_log, app_log
 
-from .connection import CLIENT_CLOSED_REQUEST
+from . import context, threads
+from .connection import CLIENT_CLOSED_REQUEST, abort_response
 from .errors import ServletError
+from .jsonio import JSON_CONTENT_TYPE, encode
 from .safe_output import SafeWriteMixin
 
 __all__ = [
     "CLIENT_LEFT",
+    "DEADLINE_EXCEEDED",
     "SAFE_METHODS",
     "CancelOnDisconnectMixin",
     "CancelPolicy",
@@ -85,6 +105,9 @@ _POLICIES = ("safe", "all", "none")
 
 _CANCEL_MARK = "_tornado_jsonservlet_cancel"
 
+_tornado_write_error = tornado.web.RequestHandler.write_error
+_reported_bad_settings: set[int] = set()
+
 
 @dataclass(frozen=True)
 class CancelReason:
@@ -102,6 +125,42 @@ class CancelReason:
 
 #: The client disconnected: logged as 499, nothing sent.
 CLIENT_LEFT = CancelReason(CLIENT_CLOSED_REQUEST, "CLIENT_CLOSED_REQUEST", "Client closed request")
+
+#: The request's deadline passed (gRPC's name for it): 504 to a client still there.
+DEADLINE_EXCEEDED = CancelReason(
+    504, "DEADLINE_EXCEEDED", "The request took longer than its deadline"
+)
+
+# An inbound deadline header carries whole milliseconds; more than ten digits
+# (about 115 days) is not a deadline anyone means.
+_MAX_DEADLINE_DIGITS = 10
+
+
+def _valid_deadline(value: object) -> bool:
+    """None, or a positive finite number of seconds."""
+    if value is None:
+        return True
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
+def _header_deadline(value: Optional[str]) -> Optional[float]:
+    """Seconds from a caller's deadline header, or None for a missing or bad value.
+
+    Strict: ASCII digits only, bounded length, above zero (proxies send 0 for "no
+    timeout"). Anything else is ignored, never an error: a caller's bad header
+    must not fail the request.
+    """
+    if not value or len(value) > _MAX_DEADLINE_DIGITS or not value.isascii():
+        return None
+    if not value.isdigit():
+        return None
+    milliseconds = int(value)
+    return milliseconds / 1000.0 if milliseconds > 0 else None
 
 
 def cancellable(method: _F) -> _F:
@@ -178,12 +237,18 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
     #: or ``"none"``. ``@cancellable``/``@uncancellable`` on a verb method win.
     cancel_policy: ClassVar[CancelPolicy] = "safe"
 
+    #: Seconds each request may take before it is cancelled with a 504; None: no
+    #: deadline. Set here, it wins over the application setting of the same name.
+    request_deadline: ClassVar[Optional[float]] = None
+    _deadline_from_class: ClassVar[bool] = False
+
     # Per-request state; class-level defaults keep a connected request allocation-free.
     _request_task: Optional[asyncio.Task[Any]] = None
     _cancel_reason: Optional[CancelReason] = None  # set once, when cancellation starts
     _cancel_in_flight: bool = False  # our task.cancel() is not yet absorbed
     _shield_depth: int = 0
     _owned: Optional[set[Union[asyncio.TimerHandle, asyncio.Task[Any]]]] = None
+    _deadline_at: Optional[float] = None  # loop time
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -197,6 +262,13 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
                 f"{cls.__name__}.cancel_policy must be one of {_POLICIES}, "
                 f"not {cls.cancel_policy!r}"
             )
+        if "request_deadline" in cls.__dict__:
+            if not _valid_deadline(cls.request_deadline):
+                raise ValueError(
+                    f"{cls.__name__}.request_deadline must be None or a positive number "
+                    f"of seconds, not {cls.request_deadline!r}"
+                )
+            cls._deadline_from_class = True
         prepare = cls.__dict__.get("prepare")
         if prepare is not None and hasattr(prepare, _CANCEL_MARK):
             raise TypeError(
@@ -257,6 +329,24 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
             task.add_done_callback(owned.discard)
         return task
 
+    def deadline_remaining(self) -> Optional[float]:
+        """Seconds left before this request's deadline (never negative), or None."""
+        if self._deadline_at is None:
+            return None
+        return max(0.0, self._deadline_at - context.loop_time())
+
+    async def run_in_executor(
+        self, fn: Callable[..., _T], *args: object, executor: Optional[Executor] = None
+    ) -> _T:
+        """Run ``fn(*args)`` in a thread, for this request.
+
+        If the request is cancelled (its client left, its deadline passed), the await
+        ends at once; the thread cannot be stopped, but
+        :func:`~tornado_jsonservlet.current_cancel_token` inside ``fn`` is set at that
+        moment so it can stop itself. See :func:`tornado_jsonservlet.threads.run_in_executor`.
+        """
+        return await threads.run_in_executor(fn, *args, executor=executor)
+
     def cancel_request(self, reason: CancelReason) -> None:
         """Cancel this request's work for ``reason``; see the module documentation.
 
@@ -278,6 +368,9 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
         # verb) inside this coroutine's task, the same signature on 6.4 to 6.6.
         task = asyncio.current_task()
         self._request_task = task
+        deadline = self._deadline_seconds()
+        if deadline is not None:
+            self._start_deadline(deadline)
         try:
             if self._cancel_reason is not None and self._is_cancellable():
                 # Cancelled before the handler started (a client that sent its
@@ -396,8 +489,54 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
         if reason is CLIENT_LEFT or self._client_gone:
             self._finish_as_disconnected()
             return
-        error = ServletError(reason.status, reason.message, reason.errcode)
-        self.send_error(reason.status, exc_info=(type(error), error, None))
+        if self._headers_written:
+            # Part of the response is out: an error cannot follow, a cut can.
+            self.set_status(reason.status)
+            abort_response(self)
+        elif type(self).write_error is _tornado_write_error:
+            # No error rendering of the application's: the toolkit's JSON shape.
+            self.clear()
+            self.set_status(reason.status)
+            self.set_header("Content-Type", JSON_CONTENT_TYPE)
+            self.finish(encode({"errcode": reason.errcode, "error": reason.message}))
+        else:
+            error = ServletError(reason.status, reason.message, reason.errcode)
+            self.send_error(reason.status, exc_info=(type(error), error, None))
+
+    def _deadline_seconds(self) -> Optional[float]:
+        """This request's deadline in seconds from now, or None."""
+        settings = self.settings
+        if self._deadline_from_class:
+            seconds = self.request_deadline
+        else:
+            seconds = settings.get("request_deadline")
+            if seconds is not None and not _valid_deadline(seconds):
+                # Tornado offers no hook at Application creation; say it once, loudly,
+                # and serve without a deadline rather than fail every request.
+                if id(settings) not in _reported_bad_settings:
+                    _reported_bad_settings.add(id(settings))
+                    app_log.error(
+                        "Ignoring the request_deadline setting %r: it must be None or a "
+                        "positive number of seconds",
+                        seconds,
+                    )
+                seconds = None
+        if settings.get("accept_deadline_header"):
+            name = settings.get("deadline_header") or context.DEFAULT_DEADLINE_HEADER
+            theirs = _header_deadline(self.request.headers.get(name))
+            if theirs is not None:
+                seconds = theirs if seconds is None else min(seconds, theirs)
+        return seconds
+
+    def _start_deadline(self, seconds: float) -> None:
+        # The context is the request task's own copy: everything the request
+        # starts from here (child tasks, threads, outbound calls) sees it.
+        self._deadline_at = context.loop_time() + seconds
+        context.request_deadline.set(self._deadline_at)
+        header = self.settings.get("deadline_header")
+        if header:
+            context.deadline_header.set(header)
+        self.call_later(seconds, self.cancel_request, DEADLINE_EXCEEDED)
 
     def _owned_work(self) -> set[Union[asyncio.TimerHandle, asyncio.Task[Any]]]:
         if self._owned is None:
