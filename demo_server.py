@@ -28,6 +28,7 @@ import asyncio
 import datetime
 import logging
 import math
+from typing import Any
 
 import tornado.escape
 import tornado.ioloop
@@ -346,13 +347,28 @@ def make_registry(metrics: InMemoryMetrics | None = None) -> ServletRegistry:
     return registry
 
 
+class DeadlineChainHandler(ChainHandler):
+    """``GET /chain/deadline?delay=SECONDS``: ``/chain`` with a one-second deadline.
+
+    Past the deadline the client gets 504 ``DEADLINE_EXCEEDED``; the inner request
+    was told the time left (``X-Envoy-Expected-Rq-Timeout-Ms``) and stops too.
+    """
+
+    request_deadline = 1.0
+
+
 def make_app(chain_upstream: str | None = None, **settings: object) -> tornado.web.Application:
     """The demo application. ``chain_upstream`` (this server's own base URL) enables
     ``/chain``; ``main()`` passes it."""
     registry = make_registry(InMemoryMetrics())
-    chain = (
-        [] if chain_upstream is None else [(r"/chain", ChainHandler, {"upstream": chain_upstream})]
-    )
+    chain: list[Any] = []
+    if chain_upstream is not None:
+        chain = [
+            (r"/chain", ChainHandler, {"upstream": chain_upstream}),
+            (r"/chain/deadline", DeadlineChainHandler, {"upstream": chain_upstream}),
+        ]
+    # Every handler honours the deadline its caller sends (the inner hop of /chain).
+    settings.setdefault("accept_deadline_header", True)
     return tornado.web.Application(
         [
             (r"/", DelayedWorkHandler),

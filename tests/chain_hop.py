@@ -17,7 +17,8 @@ and Tornado's access log line. ``time.monotonic()`` is one clock for every proce
 on the machine, so the test and the benchmark can compare stamps across hops.
 
 ``--client=simple`` forwards with Tornado's own client instead, to show what happens
-without this toolkit; ``--quiet`` turns the access log off.
+without this toolkit; ``--quiet`` turns the access log off; ``--deadline=SECONDS`` gives
+the hop a request deadline (every hop accepts the deadline its caller sends).
 """
 
 from __future__ import annotations
@@ -71,7 +72,10 @@ class WorkHandler(CancelOnDisconnectMixin, tornado.web.RequestHandler):
 
 
 async def serve(args: argparse.Namespace) -> None:
-    settings: dict[str, object] = {}
+    # Every hop honours its caller's deadline header; ``--deadline`` gives a hop its own.
+    settings: dict[str, object] = {"accept_deadline_header": True}
+    if args.deadline is not None:
+        settings["request_deadline"] = args.deadline
     if args.quiet:
         settings["log_function"] = lambda handler: None
     app = tornado.web.Application(
@@ -169,6 +173,7 @@ def main() -> None:
     parser.add_argument("--client", choices=["cancellable", "simple"], default="cancellable")
     parser.add_argument("--max-clients", type=int, default=10)
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--deadline", type=float, help="this hop's request_deadline, seconds")
     args = parser.parse_args()
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"

@@ -139,3 +139,21 @@ def test_command_line_demo_chain(how):
     assert WORK not in log
     assert "[E " not in log, log
     assert "Traceback" not in log, log
+
+
+async def test_chain_deadline_answers_504_and_stops_the_inner_hop(http_server, http_port, caplog):
+    client = AsyncHTTPClient()
+    started = time.monotonic()
+    response = await client.fetch(
+        f"http://127.0.0.1:{http_port}/chain/deadline?delay=3", raise_error=False
+    )
+    assert response.code == 504
+    assert json.loads(response.body)["errcode"] == "DEADLINE_EXCEEDED"
+    assert time.monotonic() - started < 2.5
+    await wait_for(lambda: len(access_lines(caplog)) == 2)
+    await asyncio.sleep(0.1)
+    statuses = sorted(int(line.split()[0]) for line in access_lines(caplog))
+    assert statuses[-1] == 504, statuses
+    assert statuses[0] in (499, 504), statuses
+    assert WORK not in messages(caplog)
+    assert not [r for r in caplog.records if r.levelno >= 40]

@@ -102,3 +102,38 @@ def test_without_the_toolkit_client_c_works_for_nobody():
     finally:
         for hop in hops:
             hop.stop()
+
+
+def test_deadline_on_a_stops_b_and_c_when_it_passes():
+    """A's deadline travels in the header: B and C stop when it passes, and A answers 504."""
+    c = Hop("C")
+    b = Hop("B", f"--next={c.url}")
+    a = Hop("A", f"--next={b.url}", "--deadline=0.5")
+    hops = [a, b, c]
+    try:
+        started = time.monotonic()
+        sock = send(a.port, "deadline", 30)
+        response = b""
+        while b"\r\n\r\n" not in response or not response.rstrip().endswith(b"}"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            response += chunk
+        elapsed = time.monotonic() - started
+        sock.close()
+        assert response.startswith(b"HTTP/1.1 504 "), response
+        assert b'"DEADLINE_EXCEEDED"' in response
+        assert 0.4 < elapsed < 2.0
+        for hop in hops:
+            hop.wait_for_line(rf"{hop.name} cancelled deadline at ")
+        a.wait_for_line(r"tornado.access: 504 GET /work\?delay=30&id=deadline ")
+        for hop in (b, c):
+            # Its own deadline (from the header) or its caller's abort, whichever was first.
+            hop.wait_for_line(r"tornado.access: (504|499) GET /work\?delay=30&id=deadline ")
+        time.sleep(0.2)
+        for hop in hops:
+            assert problems(hop.lines) == [], (hop.name, hop.lines)
+            assert not [line for line in hop.lines if "completed" in line], hop.name
+    finally:
+        for hop in hops:
+            hop.stop()

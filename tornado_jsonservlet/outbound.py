@@ -75,6 +75,9 @@ from tornado.tcpclient import TCPClient
 
 from .context import deadline_header, loop_time, request_deadline
 
+# Seconds a fetch's capped timeout runs past the request deadline (see below).
+_DEADLINE_BACKSTOP = 0.05
+
 __all__ = ["CancellableHTTPClient"]
 
 # Tornado 6.6 closes the sockets of a connection attempt or TLS handshake when the
@@ -398,12 +401,17 @@ class CancellableHTTPClient(SimpleAsyncHTTPClient):
         remaining = deadline - loop_time()
         if remaining <= 0:
             return request  # fetch_impl answers with a timeout, sending nothing
+        # The handler's own deadline fires at the deadline itself and cancels this
+        # fetch cleanly; the capped timeout is only the backstop, just after it. (Two
+        # timers for the same instant run in no guaranteed order, and a timeout that
+        # won would surface in the handler as an error instead of a 504.)
+        limit = remaining + _DEADLINE_BACKSTOP
         for name in ("request_timeout", "connect_timeout"):
             own = getattr(request, name)
             if own is None:
                 own = self.defaults.get(name)
             # 0 or None means "no timeout" to Tornado: the deadline is then the limit.
-            setattr(request, name, min(own, remaining) if own else remaining)
-        waits = request.request_timeout or remaining
+            setattr(request, name, min(own, limit) if own else limit)
+        waits = min(request.request_timeout or remaining, remaining)
         request.headers[deadline_header.get()] = str(max(1, int(waits * 1000)))
         return request
