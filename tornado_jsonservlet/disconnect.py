@@ -52,6 +52,7 @@ let the cancellation escape; the mixin gives the same result on all three.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from types import TracebackType
@@ -71,6 +72,7 @@ __all__ = [
     "CancelPolicy",
     "CancelReason",
     "cancellable",
+    "running_requests",
     "uncancellable",
 ]
 
@@ -125,6 +127,18 @@ def uncancellable(method: _F) -> _F:
     """
     setattr(method, _CANCEL_MARK, False)
     return method
+
+
+# -- in-flight registry (read by graceful shutdown) -------------------------------
+# Every toolkit request whose ``_execute`` is running, so that a shutdown can cancel
+# what is left after its grace period. Weak: a registry must never keep a request alive.
+_running: weakref.WeakSet[CancelOnDisconnectMixin] = weakref.WeakSet()
+
+
+def running_requests() -> list[CancelOnDisconnectMixin]:
+    """The toolkit requests running on the current event loop (handler started, not ended)."""
+    loop = asyncio.get_running_loop()
+    return [h for h in list(_running) if h._request_task and h._request_task.get_loop() is loop]
 
 
 class _Shield:
@@ -278,6 +292,7 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
         # verb) inside this coroutine's task, the same signature on 6.4 to 6.6.
         task = asyncio.current_task()
         self._request_task = task
+        _running.add(self)  # in-flight registry
         try:
             if self._cancel_reason is not None and self._is_cancellable():
                 # Cancelled before the handler started (a client that sent its
@@ -294,6 +309,7 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
                 raise
             self._finish_cancelled()
         finally:
+            _running.discard(self)  # in-flight registry
             self._request_task = None
             if self._cancel_in_flight:
                 # The handler swallowed our CancelledError: take back our request so
