@@ -14,7 +14,12 @@ The parts, each in its own module and usable alone:
 * :mod:`~tornado_jsonservlet.lean` -- less work per request than Tornado's defaults;
 * :mod:`~tornado_jsonservlet.servlet` -- ``on_GET``-style handlers returning ``(status, body)``;
 * :mod:`~tornado_jsonservlet.registry` -- path patterns to ``URLSpec``s;
-* :mod:`~tornado_jsonservlet.metrics` -- per-servlet counts and timings.
+* :mod:`~tornado_jsonservlet.metrics` -- per-servlet counts and timings;
+* :mod:`~tornado_jsonservlet.metrics_handler` -- ``/metrics`` for Prometheus, across processes
+  (import it directly: it needs the ``metrics`` extra);
+* :mod:`~tornado_jsonservlet.request_id` -- an ID per request, in headers, errors and logs;
+* :mod:`~tornado_jsonservlet.shutdown` -- graceful shutdown of a process's servers;
+* :mod:`~tornado_jsonservlet.processes` -- ``serve()``: several processes, one command.
 """
 
 from .connection import CLIENT_CLOSED_REQUEST, ClientConnectionMixin
@@ -44,23 +49,29 @@ from .json_handlers import JsonBodyMixin, JsonResponseMixin, require
 from .jsonio import active_backend, decode, encode
 from .lean import LeanResponseMixin
 from .metrics import InMemoryMetrics, PrometheusMetrics, ServletMetrics
+from .processes import serve
 from .registry import ServletRegistry
 from .rendering import HtmlErrorMixin, JsonErrorMixin, NegotiatedErrorMixin
+from .request_id import RequestIdLogFilter, RequestIdMixin, current_request_id
 from .safe_output import SafeWriteMixin
 from .servlet import HtmlServlet, JsonServlet
+from .shutdown import SHUTTING_DOWN, DrainingHTTPServer, GracefulShutdown
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "CLIENT_CLOSED_REQUEST",
     "CLIENT_LEFT",
+    "SHUTTING_DOWN",
     "BadRequest",
     "CancelOnDisconnectMixin",
     "CancelReason",
     "ClientConnectionMixin",
     "Conflict",
     "CorsMixin",
+    "DrainingHTTPServer",
     "Forbidden",
+    "GracefulShutdown",
     "HtmlErrorMixin",
     "HtmlServlet",
     "InMemoryMetrics",
@@ -75,6 +86,8 @@ __all__ = [
     "PayloadTooLarge",
     "PrometheusMetrics",
     "RedirectError",
+    "RequestIdLogFilter",
+    "RequestIdMixin",
     "SafeWriteMixin",
     "ServletError",
     "ServletMetrics",
@@ -85,9 +98,11 @@ __all__ = [
     "__version__",
     "active_backend",
     "cancellable",
+    "current_request_id",
     "decode",
     "encode",
     "errcode_for_status",
     "require",
+    "serve",
     "uncancellable",
 ]
