@@ -70,6 +70,22 @@ class Plain(tornado.web.RequestHandler):
         self.write({"pid": os.getpid()})
 
 
+class Headers(Base):
+    """What a proxy passed on, and the client address Tornado derived from it."""
+
+    def get(self) -> None:
+        headers = self.request.headers
+        self.write(
+            {
+                "x-forwarded-for": headers.get("X-Forwarded-For"),
+                "x-request-id": headers.get("X-Request-ID"),
+                "request_id": self.request_id,
+                "remote_ip": self.request.remote_ip,
+                "pid": os.getpid(),
+            }
+        )
+
+
 class Missing(Base):
     def get(self) -> None:
         raise NotFound("No such thing")
@@ -88,6 +104,7 @@ def make_app() -> tornado.web.Application:
         (r"/work", Work),
         (r"/plain", Plain),
         (r"/missing", Missing),
+        (r"/headers", Headers),
     ]
     if os.environ.get("PRODUCTION_APP_METRICS"):
         from tornado_jsonservlet.metrics_handler import metrics_urlspec
