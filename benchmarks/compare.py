@@ -7,7 +7,9 @@ Rounds alternate the order of the servers, so drift on the machine hits both, an
 every figure is the median over the rounds (at least 5 for a figure worth quoting;
 fewer is a smoke run and is labelled as such). Printed figures:
 
-* P1: small-JSON requests/s, toolkit / bare (goal >= 1.10);
+* P1: small-JSON requests/s, toolkit / bare (goal >= 1.10), and the servers' CPU time
+  per small request (read from ``/proc``), bare / toolkit: the same ratio at
+  saturation, and far steadier when other work shares the machine;
 * P2: 1 MB JSON requests/s, toolkit / bare (goal >= 2.5 with ujson, >= 5 with orjson);
 * P3: small-request p99 while two clients fetch 1 MB responses, relative to the same
   server's unloaded p99, the median of the per-round ratios (goal <= 1.5; bare
@@ -33,6 +35,7 @@ from loadgen import (
     pin_this_process_to_client_cpu,
     start_server,
     wrk,
+    wrk_with_cpu,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -58,9 +61,11 @@ def main() -> None:
             for kind in order:
                 base = servers[kind].base
                 got = samples[kind]
-                got.setdefault("small", []).append(
-                    wrk(base + "/small", connections=16, duration=args.duration)["rps"]
+                small = wrk_with_cpu(
+                    base + "/small", servers[kind].proc.pid, connections=16, duration=args.duration
                 )
+                got.setdefault("small", []).append(small["rps"])
+                got.setdefault("cpu_us", []).append(small["cpu_us"])
                 if not args.skip_big:
                     got.setdefault("big", []).append(
                         wrk(base + "/big", connections=4, duration=args.duration)["rps"]
@@ -92,6 +97,11 @@ def main() -> None:
     for label, key, goal in rows:
         ratio = kit[key] / bare[key]
         print(f"{label:<32}{bare[key]:>12.1f}{kit[key]:>12.1f}{ratio:>8.2f}x   {goal}")
+    cpu_ratio = bare["cpu_us"] / kit["cpu_us"]
+    print(
+        f"{'P1 server CPU us/request':<32}{bare['cpu_us']:>12.1f}{kit['cpu_us']:>12.1f}"
+        f"{cpu_ratio:>8.2f}x   (bare / toolkit: the same goal, steadier on a busy machine)"
+    )
     for kind, m in (("bare", bare), ("toolkit", kit)):
         print(
             f"P3 {kind:<8} small p99: unloaded {m['p99_unloaded']:.2f} ms, "
