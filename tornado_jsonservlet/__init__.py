@@ -15,8 +15,7 @@ The parts, each in its own module and usable alone:
 * :mod:`~tornado_jsonservlet.servlet` -- ``on_GET``-style handlers returning ``(status, body)``;
 * :mod:`~tornado_jsonservlet.registry` -- path patterns to ``URLSpec``s;
 * :mod:`~tornado_jsonservlet.metrics` -- per-servlet counts and timings;
-* :mod:`~tornado_jsonservlet.metrics_handler` -- ``/metrics`` for Prometheus, across processes
-  (import it directly: it needs the ``metrics`` extra);
+* :mod:`~tornado_jsonservlet.metrics_handler` -- ``/metrics`` for Prometheus, across processes;
 * :mod:`~tornado_jsonservlet.request_id` -- an ID per request, in headers, errors and logs;
 * :mod:`~tornado_jsonservlet.shutdown` -- graceful shutdown of a process's servers;
 * :mod:`~tornado_jsonservlet.processes` -- ``serve()``: several processes, one command.
@@ -49,6 +48,7 @@ from .json_handlers import JsonBodyMixin, JsonResponseMixin, require
 from .jsonio import active_backend, decode, encode
 from .lean import LeanResponseMixin
 from .metrics import InMemoryMetrics, PrometheusMetrics, ServletMetrics
+from .metrics_handler import MetricsHandler, metrics_urlspec
 from .processes import serve
 from .registry import ServletRegistry
 from .rendering import HtmlErrorMixin, JsonErrorMixin, NegotiatedErrorMixin
@@ -81,6 +81,7 @@ __all__ = [
     "JsonServlet",
     "LeanResponseMixin",
     "MethodNotAllowed",
+    "MetricsHandler",
     "NegotiatedErrorMixin",
     "NotFound",
     "PayloadTooLarge",
@@ -102,6 +103,7 @@ __all__ = [
     "decode",
     "encode",
     "errcode_for_status",
+    "metrics_urlspec",
     "require",
     "serve",
     "uncancellable",

@@ -2,13 +2,13 @@
 
 ::
 
-    from tornado_jsonservlet.metrics_handler import metrics_urlspec
+    from tornado_jsonservlet import metrics_urlspec
 
     app = tornado.web.Application([metrics_urlspec(), *registry.urlspecs("/api")])
 
-Needs the ``metrics`` extra (``pip install 'tornado-jsonservlet[metrics]'``); this
-module imports ``prometheus_client``, so a missing extra fails at import, when
-the application starts, not at the first scrape.
+Needs the ``metrics`` extra (``pip install 'tornado-jsonservlet[metrics]'``).
+:func:`metrics_urlspec` imports ``prometheus_client``, so a missing extra fails
+when the application's URL table is built, not at the first scrape.
 
 Several processes
 -----------------
@@ -30,11 +30,7 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-import prometheus_client
 import tornado.web
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.multiprocess import MultiProcessCollector
 from tornado.routing import URLSpec
 
 __all__ = ["MULTIPROC_DIR_ENV", "MetricsHandler", "metrics_urlspec", "multiprocess_dir"]
@@ -57,32 +53,52 @@ class MetricsHandler(tornado.web.RequestHandler):
 
     registry: Any = None
 
-    def initialize(self, registry: Optional[CollectorRegistry] = None) -> None:
+    def initialize(self, registry: Any = None) -> None:
+        """``registry``: a ``prometheus_client.CollectorRegistry``, or None for the default."""
         self.registry = registry
 
     def get(self) -> None:
+        prometheus_client = _prometheus_client()
         registry = self.registry
         if registry is None:
             if multiprocess_dir():
                 # A fresh registry per scrape, as prometheus-client prescribes: the
                 # collector reads the files of every process at collection time.
-                registry = CollectorRegistry()
+                from prometheus_client.multiprocess import MultiProcessCollector
+
+                registry = prometheus_client.CollectorRegistry()
                 MultiProcessCollector(registry)  # type: ignore[no-untyped-call,unused-ignore]
             else:
                 registry = prometheus_client.REGISTRY
-        encoder, content_type = choose_encoder(self.request.headers.get("Accept", ""))
+        encoder, content_type = prometheus_client.exposition.choose_encoder(
+            self.request.headers.get("Accept", "")
+        )
         self.set_header("Content-Type", content_type)
         self.set_header("Cache-Control", "no-store")
         self.finish(encoder(registry))
 
 
+def _prometheus_client() -> Any:
+    try:
+        import prometheus_client
+        import prometheus_client.exposition
+    except ImportError as error:  # pragma: no cover - depends on the extra
+        raise ImportError(
+            "the /metrics endpoint needs prometheus-client: "
+            "pip install 'tornado-jsonservlet[metrics]'"
+        ) from error
+    return prometheus_client
+
+
 def metrics_urlspec(
-    path: str = "/metrics", *, registry: Optional[CollectorRegistry] = None, name: str = "metrics"
+    path: str = "/metrics", *, registry: Any = None, name: str = "metrics"
 ) -> URLSpec:
     """The URL rule for :class:`MetricsHandler`, checked now rather than at the first scrape.
 
+    :raises ImportError: prometheus-client is not installed.
     :raises ValueError: ``PROMETHEUS_MULTIPROC_DIR`` is set but is not a directory.
     """
+    _prometheus_client()
     directory = multiprocess_dir()
     if registry is None and directory is not None and not os.path.isdir(directory):
         raise ValueError(f"{MULTIPROC_DIR_ENV}={directory!r} is not a directory")
