@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -96,6 +97,15 @@ def test_two_workers_add_up(tmp_path: Path):
             sent += len(more)
             served_by |= {reply.json()["pid"] for reply in more}  # type: ignore[index]
         assert served_by == pids
+        # A worker counts a request right after its last byte went out, so a scrape
+        # sent the moment the client has its answer may be a few microseconds early.
+        deadline = time.monotonic() + 5
+        while (
+            total(request(app.port, "GET", "/metrics").body.decode(), "servlet_requests_total")
+            < sent
+        ):
+            assert time.monotonic() < deadline, "the counts never added up"
+            time.sleep(0.05)
         scrapes = [request(app.port, "GET", "/metrics") for _ in range(6)]
         for scrape in scrapes:  # whichever worker answers, it reports the sum
             text = scrape.body.decode()
