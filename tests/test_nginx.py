@@ -148,8 +148,12 @@ def test_request_id_and_forwarded_for_pass_through(stack):
     created = request(nginx.port, "GET", "/headers", headers={"X-Request-ID": "bad id\t"})
     request_id = created.json()["request_id"]  # type: ignore[index]
     assert re.fullmatch(r"[0-9a-f]{32}", request_id)  # nginx's own $request_id
-    assert any(f"rid={request_id} " in line for line in nginx.access_log)
-    assert f"rid={request_id} " in app.log  # one ID in both logs
+    # Both log the request just after its answer went out: wait for the lines.
+    deadline = time.monotonic() + 5
+    while not any(f"rid={request_id} " in line for line in nginx.access_log):
+        assert time.monotonic() < deadline, nginx.access_log
+        time.sleep(0.02)
+    app.wait_for(rf"rid={request_id} tornado\.access 200 GET /headers")  # one ID in both logs
 
 
 def test_a_client_abort_through_nginx_cancels_the_handler(stack):
@@ -208,11 +212,16 @@ def test_sigterm_during_load_loses_no_request_nginx_had_sent(stack):
             thread.join(timeout=30)
     assert app.proc.wait(timeout=20) == 0
 
-    nginx_lines = {
-        match.group(1): line
-        for line in nginx.access_log
-        if (match := re.search(r"rid=(load-\d+) ", line))
-    }
+    deadline = time.monotonic() + 5
+    while True:  # nginx logs each request just after its answer went out
+        nginx_lines = {
+            match.group(1): line
+            for line in nginx.access_log
+            if (match := re.search(r"rid=(load-\d+) ", line))
+        }
+        if set(replies) <= set(nginx_lines) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     figures = {"sent": len(replies), "completed": 0, "cancelled_503": 0, "refused": 0, "lost": 0}
     lost = []
     for rid, reply in replies.items():
