@@ -186,3 +186,23 @@ def test_sigint_stops_a_single_process_server(start):
     assert app.proc.wait(timeout=10) == 0
     assert "KeyboardInterrupt" not in app.log
     app.assert_clean_log()
+
+
+def test_abandoned_requests_end_with_the_process_and_no_error(start):
+    app = start("--grace=0.2", "--abandon-after=0.3")
+    app.wait_for(r"process \(pid \d+\) serving")
+    with ThreadPoolExecutor(2) as pool:
+        post = pool.submit(request, app.port, "POST", "/work?delay=20&tag=post")
+        plain = pool.submit(request, app.port, "GET", "/plain?delay=20")
+        app.wait_for("started post")
+        time.sleep(0.2)
+        os.kill(app.proc.pid, signal.SIGTERM)
+        assert app.proc.wait(timeout=10) == 0
+        assert post.result(timeout=10).status == 0  # cut: no answer
+        assert plain.result(timeout=10).status == 0
+    log = app.log
+    assert "Shutdown: abandoning POST /work?delay=20&tag=post (Work, running" in log
+    assert "Shutdown: abandoning GET /plain?delay=20 (not a toolkit handler)" in log
+    assert "2 abandoned" in log
+    assert "finished post" not in log
+    app.assert_clean_log()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -80,8 +81,11 @@ def serve(
     :param server_options: ``HTTPServer`` options, e.g. ``xheaders=True`` behind a
         proxy, ``max_body_size``, ``idle_connection_timeout``.
 
-    Returns in each process that served, once its shutdown is complete. In
-    multi-process mode the parent never returns: it exits when the workers did.
+    Returns in each process that served, once its shutdown is complete, unless
+    requests had to be abandoned: the process then exits at once (status 0, no
+    ``atexit`` handlers), because leaving normally would cancel them and make
+    Tornado log errors for them. In multi-process mode the parent never returns:
+    it exits when the workers did.
 
     :raises ValueError: for a bad argument, before anything is bound or forked.
     """
@@ -139,7 +143,20 @@ async def _serve_in_this_process(
     )
     if pending:  # a signal arrived before the loop could handle it
         shutdown.begin()
-    await shutdown.wait()
+    report = await shutdown.wait()
+    if report.abandoned:
+        # Leaving through asyncio.run would cancel the abandoned requests' tasks,
+        # and Tornado answers that with a 500 logged at ERROR (6.6) or an error
+        # from the loop (6.4/6.5). They were given their time; end the process here.
+        _exit_now(0)
+
+
+def _exit_now(status: int) -> NoReturn:
+    logging.shutdown()  # flush every handler first
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
 
 
 def _address(sock: socket.socket) -> str:

@@ -26,7 +26,10 @@ when the server is idle) waits forever for a request that never ends.
    and cut when the process exits. Choose ``grace + abandon_after`` below your
    orchestrator's kill timeout (Kubernetes' default is 30 s).
 5. The remaining (idle) connections are closed and :meth:`GracefulShutdown.wait`
-   returns a :class:`ShutdownReport`. The process then exits normally.
+   returns a :class:`ShutdownReport`. The process then exits. With abandoned
+   requests, exit without cancelling the tasks left (``os._exit`` after flushing
+   the logs, as ``serve()`` does): ``asyncio.run`` would cancel them on the way
+   out, and Tornado would log those cancellations as errors.
 
 Only :class:`DrainingHTTPServer` knows which connections are serving a request;
 use it in place of ``HTTPServer`` (``tornado_jsonservlet.processes.serve`` does).
