@@ -29,6 +29,7 @@ from tornado_jsonservlet import (
     RequestIdMixin,
     serve,
 )
+from tornado_jsonservlet.disconnect import running_requests
 from tornado_jsonservlet.testing import RawHTTPConnection
 
 pytestmark = pytest.mark.gen_test
@@ -241,3 +242,19 @@ async def test_configuration_mistakes_raise_at_startup():
         serve(tornado.web.Application, 0, processes=2, reuse_port=True)
     with pytest.raises(ValueError, match="grace must be"):
         serve(tornado.web.Application, 0, shutdown_grace=-5)
+
+
+async def test_the_in_flight_registry_holds_running_toolkit_requests_only(served: Server):
+    assert running_requests() == []
+    reply = served.fetch("/work?delay=0.3&tag=one")
+    plain = served.fetch("/plain?delay=0.3")
+    await served.started("one")
+    await until(lambda: served.probe.count("plain started") > 0)
+    (handler,) = running_requests()  # the plain handler is not a toolkit request
+    assert isinstance(handler, Tracked)
+    assert handler.request.uri == "/work?delay=0.3&tag=one"
+    assert served.server.busy_connections == 2  # but the server sees both
+    assert (await reply).code == 200
+    assert (await plain).code == 200
+    assert running_requests() == []
+    assert served.server.busy_connections == 0
