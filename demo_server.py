@@ -8,6 +8,10 @@ Run::
 answers ``ok!``; add ``&error=yes`` to have it fail with a 400 instead. Every
 request logs ``doing some application clean up...`` exactly once when it ends.
 
+``--processes=N`` runs N worker processes on the port (0: one per CPU); SIGTERM
+or Ctrl-C lets in-flight requests finish for ``--shutdown-grace`` seconds (10),
+then answers what is left with 503 ``SHUTTING_DOWN``.
+
 Kill the client during the delay (``curl 'localhost:8888/?delay=3' & sleep 1;
 kill %1``) and the delayed work never runs: the handler is cancelled at its
 ``await``, the clean-up still runs, the access log shows 499, and nothing is
@@ -26,12 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import logging
 import math
 from typing import Any
 
 import tornado.escape
-import tornado.ioloop
 import tornado.options
 import tornado.web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
@@ -52,10 +56,19 @@ from tornado_jsonservlet import (
     ServletRegistry,
     TooManyRequests,
     require,
+    serve,
 )
 
 define("port", default=8888, help="port to listen on", type=int)
 define("address", default="127.0.0.1", help="address to bind (loopback by default)")
+define("processes", default=1, help="worker processes sharing the port (0: one per CPU)", type=int)
+define("debug", default=False, help="Tornado debug mode: autoreload, tracebacks (one process)")
+define(
+    "shutdown_grace",
+    default=10.0,
+    help="seconds in-flight requests get to finish after SIGTERM/SIGINT",
+    type=float,
+)
 
 app_log = logging.getLogger("demo")
 
@@ -386,15 +399,29 @@ def make_app(chain_upstream: str | None = None, **settings: object) -> tornado.w
 
 def main() -> None:
     tornado.options.parse_command_line()
+    if options.debug and options.processes != 1:
+        # Autoreload restarts one process; it cannot restart a family of forked workers.
+        raise SystemExit("--debug needs --processes=1")
     # Outbound requests abort when the handler awaiting them is cancelled.
     AsyncHTTPClient.configure("tornado_jsonservlet.outbound.CancellableHTTPClient")
     host = options.address if options.address not in ("", "0.0.0.0", "::") else "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"
-    app = make_app(chain_upstream=f"http://{host}:{options.port}")
-    app.listen(options.port, address=options.address)
-    app_log.info("listening on http://%s:%d/", options.address, options.port)
-    tornado.ioloop.IOLoop.current().start()
+    app_log.info(
+        "listening on http://%s:%d/ (%s)",
+        options.address,
+        options.port,
+        "one process per CPU" if options.processes == 0 else f"processes: {options.processes}",
+    )
+    serve(
+        functools.partial(
+            make_app, chain_upstream=f"http://{host}:{options.port}", debug=options.debug
+        ),
+        options.port,
+        options.address,
+        processes=options.processes,
+        shutdown_grace=options.shutdown_grace,
+    )
 
 
 if __name__ == "__main__":

@@ -1,12 +1,18 @@
 """The two servers the benchmarks compare: bare Tornado and the toolkit, same payloads.
 
 Run one with ``python benchmarks/apps.py {bare,toolkit} PORT``. It binds 127.0.0.1 only.
+
+``/small`` and ``/big`` (1 MB) are the JSON payloads; ``/wait/{id}`` sends its headers
+and one byte, then waits, and stamps the moment its handler is cancelled (if ever),
+which ``/stats`` reports: the disconnect-latency probe of ``peers.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
+import time
 from typing import Any
 
 import tornado.web
@@ -78,11 +84,41 @@ class ToolkitBig(Toolkit):
         await self.write_json(sized(mb) if mb else BIG)
 
 
+#: ident -> time.monotonic() when the handler's CancelledError arrived
+CANCELLED_AT: dict[str, float] = {}
+
+
+async def wait_for_cancellation(handler: tornado.web.RequestHandler, ident: str) -> None:
+    handler.write(" ")
+    await handler.flush()
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        CANCELLED_AT[ident] = time.monotonic()
+        raise
+
+
+class BareWait(tornado.web.RequestHandler):
+    async def get(self, ident: str) -> None:
+        await wait_for_cancellation(self, ident)
+
+
+class ToolkitWait(Toolkit):
+    async def get(self, ident: str) -> None:
+        await wait_for_cancellation(self, ident)
+
+
+class Stats(tornado.web.RequestHandler):
+    def get(self) -> None:
+        self.write(json.dumps(CANCELLED_AT))
+
+
 def make_app(kind: str) -> tornado.web.Application:
     if kind == "bare":
-        routes = [(r"/small", BareSmall), (r"/big", BareBig)]
+        routes = [(r"/small", BareSmall), (r"/big", BareBig), (r"/wait/(\w+)", BareWait)]
     else:
-        routes = [(r"/small", ToolkitSmall), (r"/big", ToolkitBig)]
+        routes = [(r"/small", ToolkitSmall), (r"/big", ToolkitBig), (r"/wait/(\w+)", ToolkitWait)]
+    routes.append((r"/stats", Stats))
     # Default settings on both sides; logging is not configured, as in a server
     # whose access log is off.
     return tornado.web.Application(routes)
@@ -92,7 +128,8 @@ async def main(kind: str, port: int, preload_mb: int = 0) -> None:
     if preload_mb:
         sized(preload_mb)  # build the document now, so it is part of the baseline RSS
     make_app(kind).listen(port, address="127.0.0.1")
-    print(f"ready {kind} {active_backend()}", flush=True)
+    encoder = "json" if kind == "bare" else active_backend()  # bare: Tornado's json.dumps
+    print(f"ready {kind} {encoder}", flush=True)
     await asyncio.Event().wait()
 
 

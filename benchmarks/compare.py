@@ -1,142 +1,112 @@
 """Bare Tornado vs the toolkit, side by side in one run, with wrk.
 
-Usage: ``python benchmarks/compare.py [--rounds 3] [--duration 5]``
+Usage: ``python benchmarks/compare.py [--rounds 5] [--duration 5]``
 
-Both servers run at once, pinned to CPU 0; wrk is pinned to CPU 1. Rounds alternate
-between the servers so drift on the machine hits both. Printed figures:
+Both servers run at once, pinned to one CPU; wrk (and this script) run on the other.
+Rounds alternate the order of the servers, so drift on the machine hits both, and
+every figure is the median over the rounds (at least 5 for a figure worth quoting;
+fewer is a smoke run and is labelled as such). Printed figures:
 
-* P1: small-JSON requests/s, toolkit / bare (goal >= 1.10);
+* P1: small-JSON requests/s, toolkit / bare (goal >= 1.10), and the servers' CPU time
+  per small request (read from ``/proc``), bare / toolkit: the same ratio at
+  saturation, and far steadier when other work shares the machine;
 * P2: 1 MB JSON requests/s, toolkit / bare (goal >= 2.5 with ujson, >= 5 with orjson);
 * P3: small-request p99 while two clients fetch 1 MB responses, relative to the same
-  server's unloaded p99 (goal <= 1.5; bare Tornado is shown for comparison).
+  server's unloaded p99, the median of the per-round ratios (goal <= 1.5; bare
+  Tornado is shown for comparison).
 
-Needs wrk (``apt-get install -y wrk``) and ``taskset``. Servers bind 127.0.0.1 only; every
-wrk run is bounded by ``--duration``.
+Needs wrk (``apt-get install -y wrk``). Servers bind 127.0.0.1 only; every wrk run is
+bounded by ``--duration``.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
-import shutil
-import socket
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from loadgen import (
+    CLIENT_CPU,
+    SERVER_CPU,
+    median,
+    p99_under_load,
+    pin_this_process_to_client_cpu,
+    start_server,
+    wrk,
+    wrk_with_cpu,
+)
+
 HERE = Path(__file__).resolve().parent
-SERVER_CPU, CLIENT_CPU = "0", "1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start(kind: str) -> tuple[subprocess.Popen[str], int, str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        ["taskset", "-c", SERVER_CPU, sys.executable, str(HERE / "apps.py"), kind, str(port)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline().split()
-    return proc, port, line[2] if len(line) > 2 else "?"
-
-
-def wrk(url: str, *, connections: int, duration: int, latency: bool = False) -> dict[str, float]:
-    cmd = ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", url]
-    if latency:
-        cmd.insert(4, "--latency")
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30).stdout
-    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
-    if latency:
-        result["p99_ms"] = _ms(re.search(r"99%\s+([\d.]+\w+)", out).group(1))  # type: ignore[union-attr]
-    return result
-
-
-def _ms(text: str) -> float:
-    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-
-
-def p99_under_load(port: int, duration: int) -> tuple[float, float]:
-    """(unloaded p99, p99 while two clients fetch /big) for /small, in ms."""
-    base = f"http://127.0.0.1:{port}"
-    time.sleep(1.5)  # let responses still in flight from the previous run drain
-    unloaded = wrk(base + "/small", connections=1, duration=duration, latency=True)["p99_ms"]
-    background = subprocess.Popen(
-        ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", "-c2", f"-d{duration + 2}s", base + "/big"],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        time.sleep(1)
-        loaded = wrk(base + "/small", connections=1, duration=duration, latency=True)["p99_ms"]
-    finally:
-        background.wait(timeout=duration + 30)
-    return unloaded, loaded
+MIN_ROUNDS = 5
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=MIN_ROUNDS)
+    parser.add_argument("--duration", type=float, default=5)
+    parser.add_argument("--skip-big", action="store_true", help="P1 and P3 only (no P2)")
     args = parser.parse_args()
-    if not shutil.which("wrk"):
-        sys.exit("wrk not found: apt-get install -y wrk")
-    servers = {kind: start(kind) for kind in ("bare", "toolkit")}
-    backend = servers["toolkit"][2]
-    samples: dict[str, dict[str, list[float]]] = {k: {} for k in servers}
+    pin_this_process_to_client_cpu()
+    servers = {
+        kind: start_server(kind, [sys.executable, str(HERE / "apps.py"), kind])
+        for kind in ("bare", "toolkit")
+    }
+    backend = servers["toolkit"].info.split()[-1]
+    samples: dict[str, dict[str, list[float]]] = {kind: {} for kind in servers}
     try:
         for round_no in range(args.rounds):
             order = ("bare", "toolkit") if round_no % 2 == 0 else ("toolkit", "bare")
             for kind in order:
-                port = servers[kind][1]
-                base = f"http://127.0.0.1:{port}"
+                base = servers[kind].base
                 got = samples[kind]
-                got.setdefault("small", []).append(
-                    wrk(base + "/small", connections=16, duration=args.duration)["rps"]
+                small = wrk_with_cpu(
+                    base + "/small", servers[kind].proc.pid, connections=16, duration=args.duration
                 )
-                got.setdefault("big", []).append(
-                    wrk(base + "/big", connections=4, duration=args.duration)["rps"]
-                )
-                unloaded, loaded = p99_under_load(port, args.duration)
+                got.setdefault("small", []).append(small["rps"])
+                got.setdefault("cpu_us", []).append(small["cpu_us"])
+                if not args.skip_big:
+                    got.setdefault("big", []).append(
+                        wrk(base + "/big", connections=4, duration=args.duration)["rps"]
+                    )
+                unloaded, loaded = p99_under_load(base, args.duration)
                 got.setdefault("p99_unloaded", []).append(unloaded)
                 got.setdefault("p99_loaded", []).append(loaded)
+                got.setdefault("p3", []).append(loaded / unloaded)
                 print(
                     f"round {round_no + 1} {kind}: "
                     + ", ".join(f"{k}={v[-1]:.2f}" for k, v in got.items()),
                     flush=True,
                 )
     finally:
-        for proc, _, _ in servers.values():
-            proc.terminate()
-            proc.wait(timeout=10)
+        for server in servers.values():
+            server.stop()
 
-    med = {
-        kind: {name: statistics.median(v) for name, v in got.items()}
-        for kind, got in samples.items()
-    }
+    med = {kind: {name: median(v) for name, v in got.items()} for kind, got in samples.items()}
     bare, kit = med["bare"], med["toolkit"]
+    smoke = "" if args.rounds >= MIN_ROUNDS else f"  [SMOKE RUN: fewer than {MIN_ROUNDS} rounds]"
     print(
-        f"\nencoder: {backend}; medians of {args.rounds} interleaved rounds, {args.duration}s each"
+        f"\nencoder: {backend}; medians of {args.rounds} interleaved rounds, "
+        f"{args.duration:g}s each; servers on CPU {SERVER_CPU}, load on CPU {CLIENT_CPU}{smoke}"
     )
-    rows = [
-        ("P1 small JSON req/s (c=16)", bare["small"], kit["small"]),
-        ("P2 1 MB JSON req/s (c=4)", bare["big"], kit["big"]),
-    ]
-    print(f"{'figure':<32}{'bare':>12}{'toolkit':>12}{'ratio':>9}")
-    for label, bare_value, kit_value in rows:
-        print(f"{label:<32}{bare_value:>12.1f}{kit_value:>12.1f}{kit_value / bare_value:>8.2f}x")
+    rows = [("P1 small JSON req/s (c=16)", "small", ">= 1.10x")]
+    if not args.skip_big:
+        rows.append(("P2 1 MB JSON req/s (c=4)", "big", ">= 5x orjson, 2.5x ujson"))
+    print(f"{'figure':<32}{'bare':>12}{'toolkit':>12}{'ratio':>9}   goal")
+    for label, key, goal in rows:
+        ratio = kit[key] / bare[key]
+        print(f"{label:<32}{bare[key]:>12.1f}{kit[key]:>12.1f}{ratio:>8.2f}x   {goal}")
+    cpu_ratio = bare["cpu_us"] / kit["cpu_us"]
+    print(
+        f"{'P1 server CPU us/request':<32}{bare['cpu_us']:>12.1f}{kit['cpu_us']:>12.1f}"
+        f"{cpu_ratio:>8.2f}x   (bare / toolkit: the same goal, steadier on a busy machine)"
+    )
     for kind, m in (("bare", bare), ("toolkit", kit)):
-        ratio = m["p99_loaded"] / m["p99_unloaded"]
         print(
             f"P3 {kind:<8} small p99: unloaded {m['p99_unloaded']:.2f} ms, "
-            f"loaded {m['p99_loaded']:.2f} ms, {ratio:.2f}x"
+            f"loaded {m['p99_loaded']:.2f} ms, ratio (median of rounds) {m['p3']:.2f}x"
+            + ("   goal <= 1.5x" if kind == "toolkit" else "")
         )
 
 

@@ -24,6 +24,10 @@ The parts, each in its own module and usable alone:
 * :mod:`~tornado_jsonservlet.outbound` -- outbound HTTP that aborts when cancelled;
 * :mod:`~tornado_jsonservlet.threads` -- thread work that learns its caller left;
 * :mod:`~tornado_jsonservlet.context` -- the request deadline seen by all its work.
+* :mod:`~tornado_jsonservlet.metrics_handler` -- ``/metrics`` for Prometheus, across processes;
+* :mod:`~tornado_jsonservlet.request_id` -- an ID per request, in headers, errors and logs;
+* :mod:`~tornado_jsonservlet.shutdown` -- graceful shutdown of a process's servers;
+* :mod:`~tornado_jsonservlet.processes` -- ``serve()``: several processes, one command.
 """
 
 from .broadcast import (
@@ -61,10 +65,14 @@ from .json_handlers import JsonBodyMixin, JsonResponseMixin, require
 from .jsonio import active_backend, decode, encode
 from .lean import LeanResponseMixin
 from .metrics import InMemoryMetrics, PrometheusMetrics, ServletMetrics
+from .metrics_handler import MetricsHandler, metrics_urlspec
+from .processes import serve
 from .registry import ServletRegistry
 from .rendering import HtmlErrorMixin, JsonErrorMixin, NegotiatedErrorMixin
+from .request_id import RequestIdLogFilter, RequestIdMixin, current_request_id
 from .safe_output import SafeWriteMixin
 from .servlet import HtmlServlet, JsonServlet
+from .shutdown import SHUTTING_DOWN, DrainingHTTPServer, GracefulShutdown
 from .stream_servlets import EventStreamServlet
 from .streaming import EventStreamMixin, JsonLinesMixin, LongPollMixin
 from .threads import CancelToken, current_cancel_token, run_in_executor
@@ -75,6 +83,7 @@ __all__ = [
     "CLIENT_CLOSED_REQUEST",
     "CLIENT_LEFT",
     "DEADLINE_EXCEEDED",
+    "SHUTTING_DOWN",
     "BadRequest",
     "BroadcastUnavailable",
     "Broadcaster",
@@ -84,10 +93,12 @@ __all__ = [
     "ClientConnectionMixin",
     "Conflict",
     "CorsMixin",
+    "DrainingHTTPServer",
     "EndReason",
     "EventStreamMixin",
     "EventStreamServlet",
     "Forbidden",
+    "GracefulShutdown",
     "HtmlErrorMixin",
     "HtmlServlet",
     "InMemoryBroadcaster",
@@ -100,11 +111,14 @@ __all__ = [
     "LeanResponseMixin",
     "LongPollMixin",
     "MethodNotAllowed",
+    "MetricsHandler",
     "NegotiatedErrorMixin",
     "NotFound",
     "PayloadTooLarge",
     "PrometheusMetrics",
     "RedirectError",
+    "RequestIdLogFilter",
+    "RequestIdMixin",
     "SafeWriteMixin",
     "ServletError",
     "ServletMetrics",
@@ -117,10 +131,13 @@ __all__ = [
     "active_backend",
     "cancellable",
     "current_cancel_token",
+    "current_request_id",
     "decode",
     "encode",
     "errcode_for_status",
+    "metrics_urlspec",
     "require",
     "run_in_executor",
+    "serve",
     "uncancellable",
 ]

@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import weakref
 from collections.abc import Coroutine
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -91,6 +92,7 @@ __all__ = [
     "CancelPolicy",
     "CancelReason",
     "cancellable",
+    "running_requests",
     "uncancellable",
 ]
 
@@ -184,6 +186,18 @@ def uncancellable(method: _F) -> _F:
     """
     setattr(method, _CANCEL_MARK, False)
     return method
+
+
+# -- in-flight registry (read by graceful shutdown) -------------------------------
+# Every toolkit request whose ``_execute`` is running, so that a shutdown can cancel
+# what is left after its grace period. Weak: a registry must never keep a request alive.
+_running: weakref.WeakSet[CancelOnDisconnectMixin] = weakref.WeakSet()
+
+
+def running_requests() -> list[CancelOnDisconnectMixin]:
+    """The toolkit requests running on the current event loop (handler started, not ended)."""
+    loop = asyncio.get_running_loop()
+    return [h for h in list(_running) if h._request_task and h._request_task.get_loop() is loop]
 
 
 class _Shield:
@@ -371,6 +385,7 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
         deadline = self._deadline_seconds()
         if deadline is not None:
             self._start_deadline(deadline)
+        _running.add(self)  # in-flight registry
         try:
             if self._cancel_reason is not None and self._is_cancellable():
                 # Cancelled before the handler started (a client that sent its
@@ -387,6 +402,7 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
                 raise
             self._finish_cancelled()
         finally:
+            _running.discard(self)  # in-flight registry
             self._request_task = None
             if self._cancel_in_flight:
                 # The handler swallowed our CancelledError: take back our request so

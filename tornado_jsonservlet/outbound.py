@@ -74,6 +74,7 @@ from tornado.simple_httpclient import (
 from tornado.tcpclient import TCPClient
 
 from .context import deadline_header, loop_time, request_deadline
+from .request_id import REQUEST_ID_HEADER, current_request_id
 
 # Seconds a fetch's capped timeout runs past the request deadline (see below).
 _DEADLINE_BACKSTOP = 0.05
@@ -331,9 +332,13 @@ class CancellableHTTPClient(SimpleAsyncHTTPClient):
         deadline = parent.deadline if parent is not None else request_deadline.get()
         if deadline is not None and not math.isfinite(deadline):
             deadline = None  # NaN or infinity: no deadline rather than a bogus one
-        if deadline is not None and not (isinstance(request, HTTPRequest) and kwargs):
+        # A redirect copies the headers of the request it follows, request ID included.
+        request_id = current_request_id() if parent is None else None
+        if (deadline is not None or request_id is not None) and not (
+            isinstance(request, HTTPRequest) and kwargs
+        ):
             # (An HTTPRequest with kwargs is left to the base class, which refuses it.)
-            request = self._bounded_by_deadline(request, kwargs, deadline)
+            request = self._for_this_request(request, kwargs, deadline, request_id)
             kwargs = {}
         record = _Fetch(self, deadline)
         self._registering = record
@@ -389,18 +394,31 @@ class CancellableHTTPClient(SimpleAsyncHTTPClient):
                 record.connection.abort()
             record = record.follow_up
 
-    def _bounded_by_deadline(
-        self, request: Union[str, HTTPRequest], kwargs: dict[str, Any], deadline: float
+    def _for_this_request(
+        self,
+        request: Union[str, HTTPRequest],
+        kwargs: dict[str, Any],
+        deadline: Optional[float],
+        request_id: Optional[str],
     ) -> HTTPRequest:
-        """A copy of ``request`` whose timeouts end by ``deadline``, with the header."""
+        """A copy of ``request`` carrying what the calling request passes on: its ID
+        (unless the caller set one) and its deadline."""
         if isinstance(request, HTTPRequest):
             request = copy.copy(request)
         else:
             request = HTTPRequest(url=request, **kwargs)
         request.headers = HTTPHeaders(request.headers)  # never change the caller's
+        if request_id is not None and REQUEST_ID_HEADER not in request.headers:
+            request.headers[REQUEST_ID_HEADER] = request_id
+        if deadline is not None:
+            self._bound_by_deadline(request, deadline)
+        return request
+
+    def _bound_by_deadline(self, request: HTTPRequest, deadline: float) -> None:
+        """End ``request``'s timeouts by ``deadline`` and tell the upstream, in the header."""
         remaining = deadline - loop_time()
         if remaining <= 0:
-            return request  # fetch_impl answers with a timeout, sending nothing
+            return  # fetch_impl answers with a timeout, sending nothing
         # The handler's own deadline fires at the deadline itself and cancels this
         # fetch cleanly; the capped timeout is only the backstop, just after it. (Two
         # timers for the same instant run in no guaranteed order, and a timeout that
@@ -414,4 +432,3 @@ class CancellableHTTPClient(SimpleAsyncHTTPClient):
             setattr(request, name, min(own, limit) if own else limit)
         waits = min(request.request_timeout or remaining, remaining)
         request.headers[deadline_header.get()] = str(max(1, int(waits * 1000)))
-        return request

@@ -363,7 +363,12 @@ class JsonErrorMixin(ErrorRenderingMixin):
     """Render errors as ``{"errcode": ..., "error": ..., **fields}``."""
 
     def error_body(self, error: ServletError, exc: Optional[BaseException]) -> tuple[str, bytes]:
-        return JSON_CONTENT_TYPE, encode(error.to_dict())
+        body = error.to_dict()
+        # With RequestIdMixin: the ID a client quotes when it reports the error.
+        request_id = getattr(self, "request_id", None)
+        if isinstance(request_id, str) and "request_id" not in body:
+            body["request_id"] = request_id
+        return JSON_CONTENT_TYPE, encode(body)
 
 
 # -- HTML ----------------------------------------------------------------------

@@ -1,0 +1,95 @@
+"""``demo_server.py --processes=N --shutdown-grace=S --debug``, run as the README says."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.proc_support import ROOT, free_port, request
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+
+
+def wait_for(path: Path, pattern: str, count: int, proc: subprocess.Popen[bytes]) -> list[str]:
+    deadline = time.monotonic() + 15
+    while True:
+        found = re.findall(pattern, path.read_text(errors="replace"))
+        if len(found) >= count:
+            return found
+        assert proc.poll() is None, path.read_text()
+        assert time.monotonic() < deadline, path.read_text()
+        time.sleep(0.02)
+
+
+def test_demo_runs_several_workers_and_shuts_down_gracefully(tmp_path: Path):
+    port = free_port()
+    log_path = tmp_path / "demo.log"
+    with open(log_path, "wb") as log_file:
+        demo = subprocess.Popen(
+            [
+                sys.executable,
+                "demo_server.py",
+                f"--port={port}",
+                "--processes=2",
+                "--shutdown-grace=1",
+            ],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+        )
+        try:
+            pids = {int(p) for p in wait_for(log_path, r"\(pid (\d+)\) serving", 2, demo)}
+            assert len(pids) == 2
+            with ThreadPoolExecutor(4) as pool:
+                slow = pool.submit(request, port, "GET", "/api/v1/slow?delay=20")
+                assert request(port, "GET", "/?delay=0").body == b"ok!\n"
+                time.sleep(0.5)  # the slow request is in flight
+                os.kill(demo.pid, signal.SIGTERM)
+                reply = slow.result(timeout=20)
+            assert reply.status == 503
+            assert json.loads(reply.body)["errcode"] == "SHUTTING_DOWN"
+            assert demo.wait(timeout=20) == 0
+        finally:
+            if demo.poll() is None:
+                demo.kill()
+                demo.wait(timeout=10)
+    log = log_path.read_text()
+    assert "slow: clean up" in log
+    assert "slow: work done" not in log
+    assert re.search(r"\[W [^\]]*\] 503 GET /api/v1/slow\?delay=20", log), log
+    assert "[E " not in log, log
+    assert "Traceback" not in log, log
+
+
+def test_debug_mode_needs_a_single_process():
+    result = subprocess.run(
+        [sys.executable, "demo_server.py", f"--port={free_port()}", "--debug", "--processes=2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert "--debug needs --processes=1" in result.stderr
+
+
+def test_help_lists_the_production_options():
+    result = subprocess.run(
+        [sys.executable, "demo_server.py", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    for option in ("--processes", "--debug", "--shutdown-grace", "--port", "--address"):
+        assert option in result.stdout + result.stderr

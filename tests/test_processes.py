@@ -1,0 +1,208 @@
+"""Several worker processes, real signals: ``serve(processes=N)`` and graceful shutdown.
+
+Each test runs ``tests/production_app.py`` as a real process tree (a parent and its
+forked workers) and sends real signals with ``os.kill``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.proc_support import AppProcess, Reply, free_port, request
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+
+
+@pytest.fixture
+def start(tmp_path: Path):
+    started: list[AppProcess] = []
+
+    def run(*args: str, env: dict[str, str] | None = None) -> AppProcess:
+        app = AppProcess(tmp_path / f"app{len(started)}.log", free_port(), *args, env=env)
+        started.append(app)
+        return app
+
+    yield run
+    for app in started:
+        app.stop()
+
+
+def test_requests_are_served_by_every_worker(start):
+    app = start("--processes=2")
+    pids = app.worker_pids(2)
+    assert len(pids) == 2
+    seen: set[int] = set()
+    with ThreadPoolExecutor(8) as pool:
+        # Concurrent, slow-ish requests on separate connections: both workers accept some.
+        for _ in range(3):
+            replies = list(
+                pool.map(lambda _: request(app.port, "GET", "/slow?delay=0.1"), range(16))
+            )
+            assert all(reply.status == 200 for reply in replies), replies
+            seen |= {reply.json()["pid"] for reply in replies}  # type: ignore[index]
+            if seen == pids:
+                break
+    assert seen == pids
+    assert app.stop() == 0
+    app.assert_clean_log()
+
+
+def test_reuse_port_workers_bind_their_own_sockets(start):
+    app = start("--processes=2", "--reuse-port")
+    pids = app.worker_pids(2)
+    seen: set[int] = set()
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(5):
+            replies = list(pool.map(lambda i: request(app.port, "GET", "/plain"), range(16)))
+            assert all(reply.status == 200 for reply in replies), replies
+            seen |= {reply.json()["pid"] for reply in replies}  # type: ignore[index]
+            if seen == pids:
+                break
+    assert seen == pids
+    assert app.stop() == 0
+    app.assert_clean_log()
+
+
+def _load_then_signal(app: AppProcess, kill) -> dict[str, list[Reply]]:
+    """In-flight requests of every kind, then the signal(s), then late requests."""
+    kinds = {
+        # tag prefix: (method, path, expected status)
+        "quick": ("GET", "/slow?delay=0.4", 200),  # finishes within the grace period
+        "long": ("GET", "/slow?delay=30", 503),  # cancelled when the grace period ends
+        "post": ("POST", "/work?delay=1.6", 201),  # not cancellable: runs on, completes
+        "plain": ("GET", "/plain?delay=0.4", 200),  # not a toolkit handler: waited for
+    }
+    counts = {"quick": 8, "long": 6, "post": 4, "plain": 2}
+    jobs = [
+        (kind, f"{path}&tag={kind}{i}", method)
+        for kind, (method, path, _) in kinds.items()
+        for i in range(counts[kind])
+    ]
+    with ThreadPoolExecutor(len(jobs) + 4) as pool:
+        futures = {
+            kind + str(i): pool.submit(request, app.port, method, path)
+            for i, (kind, path, method) in enumerate(jobs)
+        }
+        app.wait_for(r"production_app started (quick|long|post)", 18)
+        time.sleep(0.2)  # the plain handlers have no log line; give them time to start
+        kill()
+        time.sleep(0.3)
+        late = [pool.submit(request, app.port, "GET", "/slow?tag=late") for _ in range(4)]
+        results: dict[str, list[Reply]] = {kind: [] for kind in kinds}
+        for key, future in futures.items():
+            results[re.sub(r"\d+$", "", key)].append(future.result(timeout=30))
+        results["late"] = [future.result(timeout=30) for future in late]
+    for kind, (_, _, status) in kinds.items():
+        assert [reply.status for reply in results[kind]] == [status] * counts[kind], (
+            kind,
+            results[kind],
+            app.log,
+        )
+    return results
+
+
+def _figures(results: dict[str, list[Reply]]) -> dict[str, int]:
+    answered = [r for kind, replies in results.items() if kind != "late" for r in replies]
+    return {
+        "sent": len(answered),
+        "completed": sum(1 for r in answered if r.status in (200, 201)),
+        "cancelled_503": sum(
+            1
+            for r in answered
+            if r.status == 503 and json.loads(r.body)["errcode"] == "SHUTTING_DOWN"
+        ),
+        "lost": sum(1 for r in answered if r.status not in (200, 201, 503)),
+        "refused_after_signal": sum(1 for r in results["late"] if r.status == 0),
+    }
+
+
+def test_sigterm_to_the_parent_drains_every_worker(start):
+    app = start("--processes=2", "--grace=1", "--abandon-after=4")
+    pids = app.worker_pids(2)
+    results = _load_then_signal(app, lambda: os.kill(app.proc.pid, signal.SIGTERM))
+    figures = _figures(results)
+    print("graceful shutdown (SIGTERM to the parent):", figures)
+    assert figures == {
+        "sent": 20,
+        "completed": 14,
+        "cancelled_503": 6,
+        "lost": 0,
+        "refused_after_signal": 4,  # the listening socket is gone: refused, never parked
+    }
+    for reply in results["long"]:
+        body = reply.json()
+        assert body["request_id"] == reply.headers["x-request-id"]  # type: ignore[index]
+        assert reply.headers["connection"] == "close"
+    assert app.proc.wait(timeout=20) == 0
+    log = app.log
+    for i in range(6):
+        assert f"cancelled long{i}\n" in log
+        assert f"cleanup long{i}\n" in log
+    for i in range(4):
+        assert f"finished post{i}\n" in log
+        assert f"cleanup post{i}\n" in log
+    assert len(re.findall(r"WARNING .* tornado\.access 503 GET /slow\?delay=30", log)) == 6
+    assert len(re.findall(r"Shutdown complete in", log)) == 2
+    assert "All workers stopped" in log
+    assert all(not os.path.exists(f"/proc/{pid}") for pid in pids)
+    app.assert_clean_log()
+
+
+def test_sigterm_to_every_process_at_once_is_the_same(start):
+    # systemd's default: the whole group gets SIGTERM. Each worker also gets the
+    # parent's forwarded copy, which must not cut the grace period short.
+    app = start("--processes=2", "--grace=1", "--abandon-after=4")
+    pids = app.worker_pids(2)
+
+    def kill_all() -> None:
+        for pid in (app.proc.pid, *pids):
+            os.kill(pid, signal.SIGTERM)
+
+    results = _load_then_signal(app, kill_all)
+    figures = _figures(results)
+    print("graceful shutdown (SIGTERM to every process):", figures)
+    assert figures["lost"] == 0
+    assert (figures["completed"], figures["cancelled_503"]) == (14, 6)
+    assert app.proc.wait(timeout=20) == 0
+    app.assert_clean_log()
+
+
+def test_sigint_stops_a_single_process_server(start):
+    app = start("--grace=2")
+    app.wait_for(r"process \(pid \d+\) serving")
+    with ThreadPoolExecutor(2) as pool:
+        reply = pool.submit(request, app.port, "GET", "/slow?delay=0.5&tag=one")
+        app.wait_for("started one")
+        os.kill(app.proc.pid, signal.SIGINT)  # Ctrl-C
+        assert reply.result(timeout=10).status == 200
+    assert app.proc.wait(timeout=10) == 0
+    assert "KeyboardInterrupt" not in app.log
+    app.assert_clean_log()
+
+
+def test_abandoned_requests_end_with_the_process_and_no_error(start):
+    app = start("--grace=0.2", "--abandon-after=0.3")
+    app.wait_for(r"process \(pid \d+\) serving")
+    with ThreadPoolExecutor(2) as pool:
+        post = pool.submit(request, app.port, "POST", "/work?delay=20&tag=post")
+        plain = pool.submit(request, app.port, "GET", "/plain?delay=20")
+        app.wait_for("started post")
+        time.sleep(0.2)
+        os.kill(app.proc.pid, signal.SIGTERM)
+        assert app.proc.wait(timeout=10) == 0
+        assert post.result(timeout=10).status == 0  # cut: no answer
+        assert plain.result(timeout=10).status == 0
+    log = app.log
+    assert "Shutdown: abandoning POST /work?delay=20&tag=post (Work, running" in log
+    assert "Shutdown: abandoning GET /plain?delay=20 (not a toolkit handler)" in log
+    assert "2 abandoned" in log
+    assert "finished post" not in log
+    app.assert_clean_log()
