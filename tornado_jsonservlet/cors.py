@@ -9,6 +9,7 @@ Tornado calls again whenever an error response clears the headers.
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import Any
 
 import tornado.web
 
@@ -28,6 +29,10 @@ class CorsMixin(tornado.web.RequestHandler):
     cors_expose_headers: Collection[str] = ()
     cors_allow_headers: Collection[str] = ("Content-Type", "Authorization")
     cors_max_age: int = 600
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _check_cors_settings(cls)
 
     def set_default_headers(self) -> None:
         super().set_default_headers()
@@ -55,3 +60,29 @@ class CorsMixin(tornado.web.RequestHandler):
         if self.cors_allow_headers:
             self.set_header("Access-Control-Allow-Headers", ", ".join(self.cors_allow_headers))
         self.set_header("Access-Control-Max-Age", str(self.cors_max_age))
+
+
+_CORS_SETTINGS = frozenset(name for name in vars(CorsMixin) if name.startswith("cors_"))
+
+
+def _check_cors_settings(cls: type[CorsMixin]) -> None:
+    """Reject a misspelled or contradictory CORS configuration when the class is made.
+
+    Each mistake would otherwise surface only in a browser, as a blocked request.
+    """
+    unknown = sorted(
+        name for name in vars(cls) if name.startswith("cors_") and name not in _CORS_SETTINGS
+    )
+    if unknown:
+        raise TypeError(
+            f"{cls.__name__}: unknown CORS setting {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(_CORS_SETTINGS))})"
+        )
+    for name in ("cors_allow_origins", "cors_expose_headers", "cors_allow_headers"):
+        if isinstance(getattr(cls, name), (str, bytes)):
+            raise TypeError(f"{cls.__name__}.{name} must be a collection of strings, not a string")
+    if "*" in cls.cors_allow_origins and cls.cors_allow_credentials:
+        raise ValueError(
+            f"{cls.__name__}: cors_allow_origins contains '*' and cors_allow_credentials is "
+            "set; browsers refuse credentials with a wildcard, so list the origins"
+        )

@@ -10,7 +10,7 @@
     def health(handler):
         return {"ok": True}
 
-    app = tornado.web.Application(registry.urlspecs("/api/v1") + other_rules)
+    app = tornado.web.Application(registry.urlspecs("/api/v1") + [(r"/", HomeHandler)])
 
 Pattern rules
 -------------
@@ -27,7 +27,14 @@ Pattern rules
 
 Everything that can be wrong with a registration is reported when it is made, or
 at ``urlspecs()`` at the latest, never while serving: a duplicate
-``(method, pattern)`` or name, an invalid pattern, unknown ``initialize()`` arguments.
+``(method, pattern)`` or name, an invalid pattern, unknown ``initialize()`` arguments,
+and a servlet whose ``error_template`` names a file the application settings
+cannot provide (``urlspecs(settings=...)``).
+
+Types: ``urlspecs()`` returns a ``list[UrlRule]``, the element type of the rule
+lists ``tornado.web.Application`` accepts, so ``urlspecs() + [(r"/", Home)]`` and
+``[*urlspecs(), ...]`` type-check without a cast; ``route`` returns the decorated
+function unchanged, with its type.
 """
 
 from __future__ import annotations
@@ -37,16 +44,30 @@ import re
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from collections.abc import Mapping
+from typing import Any, Callable, Optional, TypeVar, Union
 
 import tornado.web
-from tornado.routing import URLSpec
+from tornado.routing import Matcher, Rule, URLSpec
 
 from .errors import NotFound
 from .metrics import ServletMetrics
 from .servlet import ROUTE_KWARG, SERVLET_METHODS, JsonServlet, ServletRoute, implemented_methods
 
-__all__ = ["CONVERTERS", "ServletRegistry"]
+__all__ = ["CONVERTERS", "ServletRegistry", "UrlRule"]
+
+#: One entry of the rule list ``tornado.web.Application`` accepts: the same union as
+#: ``tornado.routing._RuleList``'s elements (Tornado 6.4 to 6.6), spelled out because
+#: that alias is private.
+UrlRule = Union[
+    Rule,
+    list[Any],
+    tuple[Union[str, Matcher], Any],
+    tuple[Union[str, Matcher], Any, dict[str, Any]],
+    tuple[Union[str, Matcher], Any, dict[str, Any], str],
+]
+
+_Route = TypeVar("_Route", bound=Callable[..., Any])
 
 #: ``{converter name: (regex, python converter)}``; regexes have no groups, so
 #: Tornado's ``reverse_url`` can rebuild the path.
@@ -201,11 +222,11 @@ class ServletRegistry:
 
     def route(
         self, template: str, methods: Sequence[str] = ("GET",), *, name: Optional[str] = None
-    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    ) -> Callable[[_Route], _Route]:
         """Serve a plain function, called as ``fn(handler, **params)``.
 
         It returns like ``on_GET``. Several functions may share one template with
-        different methods.
+        different methods. The function itself is returned unchanged.
         """
         wanted = tuple(method.upper() for method in methods)
         unknown = [m for m in wanted if m not in SERVLET_METHODS]
@@ -214,7 +235,7 @@ class ServletRegistry:
                 f"route {template!r}: methods must be among {SERVLET_METHODS}, got {methods!r}"
             )
 
-        def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def decorator(fn: _Route) -> _Route:
             servlet_name = name or fn.__name__
             if self._merge_route(template, wanted, fn, name):
                 return fn
@@ -259,16 +280,32 @@ class ServletRegistry:
         servlet.allowed_methods = implemented_methods(servlet)
         return True
 
-    def urlspecs(self, prefix: str = "", *, catch_all: bool = True) -> list[URLSpec]:
+    def urlspecs(
+        self,
+        prefix: str = "",
+        *,
+        catch_all: bool = True,
+        settings: Optional[Mapping[str, Any]] = None,
+    ) -> list[UrlRule]:
         """The URL table: one URLSpec per pattern, then a JSON-404 catch-all under ``prefix``.
 
         With ``prefix=""`` the catch-all matches every path, so put other rules first
         or pass ``catch_all=False``.
+
+        ``settings`` are the application settings the table will be served with.
+        Servlets whose error rendering depends on them (an ``error_template`` naming
+        a file under ``template_path``) are checked against them here, and such a
+        servlet without ``settings`` is an error too, so that a missing template
+        is found now rather than at the first error response.
+
+        :raises ValueError: an invalid prefix, or a servlet that the settings
+            cannot serve.
         """
         if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
             raise ValueError(f"prefix must start with '/' and not end with it: {prefix!r}")
+        self._check_settings(settings)
         escaped = re.escape(prefix)
-        specs = []
+        specs: list[UrlRule] = []
         for endpoint in self._endpoints:
             route = ServletRoute(
                 pattern=endpoint.pattern,
@@ -290,6 +327,23 @@ class ServletRegistry:
                 URLSpec(f"^{escaped}(?:/.*)?$", _UnrecognizedServlet, {ROUTE_KWARG: route})
             )
         return specs
+
+    def _check_settings(self, settings: Optional[Mapping[str, Any]]) -> None:
+        for servlet in dict.fromkeys(endpoint.servlet for endpoint in self._endpoints):
+            check: Optional[Callable[[Mapping[str, Any]], None]] = getattr(
+                servlet, "check_settings", None
+            )
+            if check is None:
+                continue
+            needs: Callable[[], bool] = getattr(servlet, "needs_template_path", lambda: False)
+            if settings is None and needs():
+                raise ValueError(
+                    f"{_label(servlet)}.error_template names a template file: pass the "
+                    "application settings, urlspecs(..., settings=settings), so that "
+                    "template_path is checked now rather than at the first error"
+                )
+            if settings is not None:
+                check(settings)
 
     def _add(self, endpoints: list[_Endpoint], methods: tuple[str, ...]) -> None:
         keys = [endpoint.compiled.key for endpoint in endpoints]
