@@ -42,9 +42,8 @@ from __future__ import annotations
 import inspect
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from collections.abc import Mapping
 from typing import Any, Callable, Optional, TypeVar, Union
 
 import tornado.web

@@ -213,9 +213,7 @@ class _ServletBase(
         try:
             super().check_xsrf_cookie()
         except tornado.web.HTTPError:
-            raise Forbidden(
-                "XSRF token does not match the _xsrf cookie", "XSRF_MISMATCH"
-            ) from None
+            raise Forbidden("XSRF token does not match the _xsrf cookie", "XSRF_MISMATCH") from None
 
     def _complete_body(self) -> None:
         """Make the streamed body look like a normal one to code that reads it."""
