@@ -8,7 +8,6 @@ loop's exception handler). A test that expects an error record says so with
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import re
@@ -18,6 +17,7 @@ import pytest
 import tornado.ioloop
 
 from tests.support import Probe
+from tornado_jsonservlet.pytest_plugin import fresh_io_loop
 
 
 class _ErrorCollector(logging.Handler):
@@ -33,6 +33,7 @@ class _ErrorCollector(logging.Handler):
 def fail_on_error_logs(
     request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
 ) -> Iterator[None]:
+    """Fail the test on any ERROR record it did not declare with ``allow_error_log``."""
     caplog.set_level(logging.INFO)
     allowed = [
         re.compile(pattern)
@@ -60,26 +61,15 @@ def fail_on_error_logs(
 
 @pytest.fixture
 def io_loop() -> Iterator[tornado.ioloop.IOLoop]:
-    """The event loop a ``gen_test`` test runs on (replaces pytest-tornado's fixture).
+    """The loop a ``gen_test`` test runs on, replacing pytest-tornado's fixture.
 
-    pytest-tornado 0.8.1 builds its loop with ``IOLoop()``, ``make_current()`` and
-    ``clear_current()``. Tornado deprecates the last two, and on Python 3.12+
-    ``IOLoop()`` itself asks asyncio for the current loop after the previous
-    test cleared it, which asyncio reports as "There is no current event loop".
-    This fixture does the same job with the calls that stay supported: a new
-    asyncio loop, set as the thread's loop so that fixtures creating servers,
-    clients or asyncio primitives before the test starts bind to it, wrapped by
-    ``IOLoop.current()``. Nothing has to be filtered, so any new warning still
-    fails the run.
+    pytest-tornado's own ``io_loop`` uses calls that Tornado deprecates and that
+    fail on Python 3.12+ ("There is no current event loop"); ``fresh_io_loop``
+    does the same job with supported calls, so nothing needs filtering and any
+    new warning still fails the run.
     """
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    io_loop = tornado.ioloop.IOLoop.current()
-    try:
-        yield io_loop
-    finally:
-        io_loop.close(all_fds=True)
-        asyncio.set_event_loop(None)
+    with fresh_io_loop() as loop:
+        yield loop
 
 
 @pytest.fixture

@@ -9,6 +9,15 @@ to a real server running it on 127.0.0.1:
   :func:`~tornado_jsonservlet.testing.disconnect_at_every_await` against it.
 * ``app_server``: the server itself, for tests that need its port.
 
+With pytest-tornado on Python 3.12+, its ``io_loop`` fixture warns ("There is no
+current event loop", and Tornado's own deprecation of ``make_current``). To use
+a loop built with supported calls only, override it in your ``conftest.py``::
+
+    @pytest.fixture
+    def io_loop():
+        with fresh_io_loop() as loop:
+            yield loop
+
 They work with any runner that runs the test coroutine in an asyncio loop. Under
 pytest-tornado (a test marked ``@pytest.mark.gen_test``) they use pytest-tornado's
 own server, the one its ``http_client`` and ``base_url`` fixtures talk to. Under
@@ -20,17 +29,43 @@ served; it is stopped when the test ends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
 from typing import Any, Callable, Coroutine, Optional
 
 import pytest
 import tornado.httpserver
+import tornado.ioloop
 import tornado.netutil
 import tornado.web
 
 from .testing import DisconnectReport, RawHTTPConnection, disconnect_at_every_await
 
-__all__ = ["AppServer"]
+__all__ = ["AppServer", "fresh_io_loop"]
+
+
+@contextlib.contextmanager
+def fresh_io_loop() -> Iterator[tornado.ioloop.IOLoop]:
+    """A new event loop for one test, made and released with supported calls only.
+
+    pytest-tornado 0.8.1 builds its loop with ``IOLoop()``, ``make_current()`` and
+    ``clear_current()``. Tornado deprecates the last two, and on Python 3.12+
+    ``IOLoop()`` asks asyncio for the current loop after the previous test cleared
+    it, which asyncio reports as "There is no current event loop". This makes a
+    new asyncio loop, sets it as the thread's loop (so fixtures that create
+    servers, clients or asyncio objects before the test starts bind to it), and
+    wraps it with ``IOLoop.current()``. It is not registered as a fixture, so it
+    never competes with pytest-tornado's: override ``io_loop`` with it in a
+    ``conftest.py``.
+    """
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    io_loop = tornado.ioloop.IOLoop.current()
+    try:
+        yield io_loop
+    finally:
+        io_loop.close(all_fds=True)
+        asyncio.set_event_loop(None)
 
 
 class AppServer:
