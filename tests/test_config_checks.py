@@ -165,3 +165,41 @@ def test_fuzzed_xsrf_tokens_are_403_never_5xx(threaded_port, field, header, cook
             "XSRF_COOKIE_MISSING",
             "XSRF_MISMATCH",
         }
+
+
+# -- typed composition, at run time too ------------------------------------------------------
+
+
+class _Home(tornado.web.RequestHandler):
+    def get(self) -> None:
+        self.write("home")
+
+
+class _Ping(JsonServlet):
+    PATTERNS = ("/ping",)
+
+    def on_GET(self) -> Any:
+        return {"pong": True}
+
+
+def test_urlspecs_concatenate_with_plain_rule_lists_on_either_side():
+    registry = ServletRegistry()
+    registry.register(_Ping)
+    rules = [(r"/", _Home)]
+    after = registry.urlspecs("/api") + rules
+    before = rules + registry.urlspecs("/api")
+    assert after[-1] == (r"/", _Home)
+    assert before[0] == (r"/", _Home)
+    assert len(after) == len(before) == 3  # the servlet, the catch-all, the home page
+    for table in (after, before):
+        app = tornado.web.Application(table)
+        assert app.reverse_url("_Ping") == "/api/ping"
+
+
+def test_route_returns_the_function_itself():
+    registry = ServletRegistry()
+
+    def health(handler: JsonServlet) -> dict[str, bool]:
+        return {"ok": True}
+
+    assert registry.route("/health")(health) is health

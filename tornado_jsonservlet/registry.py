@@ -31,10 +31,10 @@ at ``urlspecs()`` at the latest, never while serving: a duplicate
 and a servlet whose ``error_template`` names a file the application settings
 cannot provide (``urlspecs(settings=...)``).
 
-Types: ``urlspecs()`` returns a ``list[UrlRule]``, the element type of the rule
-lists ``tornado.web.Application`` accepts, so ``urlspecs() + [(r"/", Home)]`` and
-``[*urlspecs(), ...]`` type-check without a cast; ``route`` returns the decorated
-function unchanged, with its type.
+Types: ``urlspecs()`` returns a list of ``UrlRule``, the element type of the rule
+lists ``tornado.web.Application`` accepts, so ``urlspecs() + other_rules``,
+``other_rules + urlspecs()`` and ``[*urlspecs(), ...]`` type-check without a cast;
+``route`` returns the decorated function unchanged, with its type.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, TypeVar, Union
+from typing import Any, Callable, Optional, TypeVar, Union, overload
 
 import tornado.web
 from tornado.routing import Matcher, Rule, URLSpec
@@ -53,7 +53,7 @@ from .errors import NotFound
 from .metrics import ServletMetrics
 from .servlet import ROUTE_KWARG, SERVLET_METHODS, JsonServlet, ServletRoute, implemented_methods
 
-__all__ = ["CONVERTERS", "ServletRegistry", "UrlRule"]
+__all__ = ["CONVERTERS", "ServletRegistry", "UrlRule", "UrlRules"]
 
 #: One entry of the rule list ``tornado.web.Application`` accepts: the same union as
 #: ``tornado.routing._RuleList``'s elements (Tornado 6.4 to 6.6), spelled out because
@@ -67,6 +67,31 @@ UrlRule = Union[
 ]
 
 _Route = TypeVar("_Route", bound=Callable[..., Any])
+_Other = TypeVar("_Other")
+
+
+class UrlRules(list[UrlRule]):
+    """The list ``urlspecs()`` returns: a plain list of rules that also concatenates,
+    for type checkers, with rule lists whose element type was inferred.
+
+    ``[(r"/", Home)]`` assigned to a variable is inferred as
+    ``list[tuple[str, type[Home]]]``, which a plain ``list[UrlRule]`` cannot be
+    added to (lists are invariant), although every element is a valid rule.
+    ``+`` here accepts any iterable of rules, on either side.
+    """
+
+    @overload  # type: ignore[override]  # deliberately wider: any iterable of rules
+    def __add__(self, other: Iterable[UrlRule]) -> UrlRules: ...
+
+    @overload
+    def __add__(self, other: list[_Other]) -> list[Union[_Other, UrlRule]]: ...
+
+    def __add__(self, other: Iterable[Any]) -> Any:
+        return UrlRules([*self, *other])
+
+    def __radd__(self, other: Iterable[UrlRule]) -> UrlRules:
+        return UrlRules([*other, *self])
+
 
 #: ``{converter name: (regex, python converter)}``; regexes have no groups, so
 #: Tornado's ``reverse_url`` can rebuild the path.
@@ -285,7 +310,7 @@ class ServletRegistry:
         *,
         catch_all: bool = True,
         settings: Optional[Mapping[str, Any]] = None,
-    ) -> list[UrlRule]:
+    ) -> UrlRules:
         """The URL table: one URLSpec per pattern, then a JSON-404 catch-all under ``prefix``.
 
         With ``prefix=""`` the catch-all matches every path, so put other rules first
@@ -304,7 +329,7 @@ class ServletRegistry:
             raise ValueError(f"prefix must start with '/' and not end with it: {prefix!r}")
         self._check_settings(settings)
         escaped = re.escape(prefix)
-        specs: list[UrlRule] = []
+        specs = UrlRules()
         for endpoint in self._endpoints:
             route = ServletRoute(
                 pattern=endpoint.pattern,
