@@ -141,3 +141,11 @@ def run_as_test_module(line: int, source: str, tmp_path: Path) -> None:
     assert result.returncode == 0, f"README line {line}:\n{result.stdout}\n{result.stderr}"
     assert re.search(r"\b\d+ passed\b", summary), summary
     assert not re.search(r"failed|error|skipped", summary), summary
+
+
+def test_readme_links_are_absolute():
+    """The README is the package index's long description: relative links break there."""
+    text = README.read_text(encoding="utf-8")
+    targets = re.findall(r"\]\(([^)\s]+)\)", text)
+    relative = [t for t in targets if not t.startswith(("https://", "http://", "#"))]
+    assert relative == []
