@@ -120,9 +120,8 @@ class AppServer:
 
 def _runs_under_pytest_tornado(request: pytest.FixtureRequest) -> bool:
     """pytest-tornado is loaded and will run this test (``gen_test``) on its loop."""
-    return request.node.get_closest_marker(
-        "gen_test"
-    ) is not None and request.config.pluginmanager.has_plugin("tornado")
+    marked = request.node.get_closest_marker("gen_test") is not None
+    return marked and request.config.pluginmanager.has_plugin("tornado")
 
 
 @pytest.fixture
