@@ -149,3 +149,21 @@ def test_readme_links_are_absolute():
     targets = re.findall(r"\]\(([^)\s]+)\)", text)
     relative = [t for t in targets if not t.startswith(("https://", "http://", "#"))]
     assert relative == []
+
+
+@pytest.mark.parametrize(
+    ("case", "source"),
+    [
+        ("undefined name", "import tornado.web\n\nrows = db.fetch()\n"),
+        (
+            "a 500",
+            "import tornado.web\n\n\nclass Broken(tornado.web.RequestHandler):\n"
+            "    def get(self):\n        raise RuntimeError('bug')\n\n\n"
+            "app = tornado.web.Application([(r'/broken', Broken)])\n",
+        ),
+    ],
+)
+def test_a_broken_block_fails(case: str, source: str, tmp_path: Path):
+    """The checks above can fail: a placeholder, and an example answering 500."""
+    with pytest.raises(AssertionError):
+        run_as_module(0, source, tmp_path)
