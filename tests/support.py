@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 import tornado.web
@@ -19,9 +19,24 @@ class Probe:
 
     def __init__(self) -> None:
         self.events: list[str] = []
-        self.suspended = asyncio.Event()
-        self.finished = asyncio.Event()
         self.values: dict[str, Any] = {}
+        self._suspended: Optional[asyncio.Event] = None
+        self._finished: Optional[asyncio.Event] = None
+
+    # The events are created on first use, which is always inside the test's
+    # running loop. Python 3.9 binds an ``asyncio.Event`` to the loop current at
+    # construction, and a fixture may build the probe before that loop exists.
+    @property
+    def suspended(self) -> asyncio.Event:
+        if self._suspended is None:
+            self._suspended = asyncio.Event()
+        return self._suspended
+
+    @property
+    def finished(self) -> asyncio.Event:
+        if self._finished is None:
+            self._finished = asyncio.Event()
+        return self._finished
 
     def hit(self, name: str) -> None:
         self.events.append(name)

@@ -289,7 +289,10 @@ async def test_head_is_served_by_get_without_body(http_client, base_url):
     head = await fetch(http_client, base_url + "/api/v1/items/5", method="HEAD")
     assert head.code == 200
     assert head.body == b""
-    assert head.headers["Content-Length"] == get.headers["Content-Length"]
+    assert head.headers["Content-Type"] == get.headers["Content-Type"]
+    # The document is not encoded for HEAD, so its length is not known: left out.
+    assert "Content-Length" in get.headers
+    assert "Content-Length" not in head.headers
 
 
 async def test_options_and_cors_preflight(http_client, base_url):

@@ -12,9 +12,9 @@ Usage::
 
     python tests/tornado_suite.py      # prints both summaries; exits non-zero on a failure
 
-Not collected by pytest (its name does not start with ``test_``); ``.ci/run`` and
-``tests/test_tornado_suite.py`` run it in a subprocess so the rebinding never leaks
-into the project's own tests.
+Not collected by pytest (its name does not start with ``test_``): ``.ci/run`` runs
+it on its own, and each run is a subprocess, so the rebinding never leaks into the
+project's own tests.
 """
 
 from __future__ import annotations

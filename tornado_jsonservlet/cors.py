@@ -100,6 +100,7 @@ class CorsMixin(tornado.web.RequestHandler):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        _refuse_unknown_settings(cls)
         check_cors_settings(cls.__name__, {name: getattr(cls, name) for name in _SETTINGS})
 
     def set_default_headers(self) -> None:
@@ -132,3 +133,16 @@ class CorsMixin(tornado.web.RequestHandler):
         if self.cors_allow_headers:
             self.set_header("Access-Control-Allow-Headers", ", ".join(self.cors_allow_headers))
         self.set_header("Access-Control-Max-Age", str(self.cors_max_age))
+
+
+def _refuse_unknown_settings(cls: type[CorsMixin]) -> None:
+    """A misspelled setting (``cors_allow_origin``) would silently leave CORS off: it
+    would surface only in a browser, as a blocked request."""
+    unknown = sorted(
+        name for name in vars(cls) if name.startswith("cors_") and name not in _SETTINGS
+    )
+    if unknown:
+        raise TypeError(
+            f"{cls.__name__}: unknown CORS setting {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(_SETTINGS))})"
+        )

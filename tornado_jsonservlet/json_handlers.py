@@ -10,6 +10,16 @@ pushes back instead of making the server buffer the writes. The whole document i
 encoded before the first byte is sent. A value that cannot be encoded therefore
 fails the request cleanly (500 ``UNKNOWN``) rather than leaving a half-written body.
 
+A ``HEAD`` request gets GET's status and headers without the document being
+encoded at all, so it costs what an empty response costs whatever the size of
+the document. Two headers depend on the encoded bytes and are treated apart:
+``Content-Length`` is left out (a HEAD may omit it; a guessed one would be wrong),
+and an ``ETag`` (with ``json_etag``) is left out for the same reason. Output
+transforms such as ``compress_response`` see the same kind of first chunk as for
+GET, so ``Content-Encoding`` matches: a document GET would stream, or one
+estimated at 1 KB or more, is announced as compressed; a small document, which
+GET compresses only from 1 KB on, is not.
+
 ``json_body`` decodes the request body and turns every way it can be wrong into a
 4xx with a clear ``errcode``.
 """
@@ -19,7 +29,7 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import Awaitable, Mapping
-from typing import Any, Optional, TypeVar
+from typing import Any, Literal, Optional, TypeVar, overload
 
 import tornado.web
 
@@ -33,6 +43,8 @@ __all__ = ["JsonBodyMixin", "JsonResponseMixin", "require"]
 _T = TypeVar("_T")
 
 _SLICE_BYTES = 32 * 1024
+# Tornado compresses a response sent in one piece only from this size on.
+_GZIP_MIN_LENGTH = tornado.web.GZipContentEncoding.MIN_LENGTH
 _SAMPLE_ITEMS = 16
 # Below this many items a list is not worth estimating, let alone slicing: the
 # common small response then costs a length check, not a trial encoding.
@@ -137,8 +149,12 @@ class JsonResponseMixin(tornado.web.RequestHandler):
         found = _big_list(obj)
         if found is not None:
             size, per_item = _estimated_size(found[1], canonical)
+            if self.request.method == "HEAD":
+                return self._write_head(status, size)
             if size > self.json_slice_threshold:
                 return self._write_sliced(obj, found, per_item, status, canonical)
+        elif self.request.method == "HEAD":
+            return self._write_head(status, None)
         body = encode(obj, canonical=canonical)
         self._start_json(status)
         return self.finish(body)
@@ -154,6 +170,23 @@ class JsonResponseMixin(tornado.web.RequestHandler):
         chunks = await encode_in_slices(obj, found, per_item, canonical=canonical)
         self._start_json(status)
         await self._send_chunks(chunks)
+
+    async def _write_head(self, status: int, estimated_size: Optional[int]) -> None:
+        """GET's status and headers, no body, nothing encoded.
+
+        The headers are written before ``finish()``, which would otherwise add a
+        ``Content-Length: 0`` and an ``ETag`` of the empty body. The transforms get
+        a non-final first chunk when GET's body is streamed or big enough to be
+        compressed (``estimated_size`` comes from the same sample GET uses), and a
+        final empty one otherwise, so ``compress_response`` decides as for GET.
+        """
+        self._start_json(status)
+        self.clear_header("Content-Length")
+        like_get_body = estimated_size is not None and (
+            estimated_size > self.json_slice_threshold or estimated_size >= _GZIP_MIN_LENGTH
+        )
+        await self.flush(include_footers=not like_get_body)
+        await self.finish()
 
     def compute_etag(self) -> Optional[str]:
         if self._json_response and not self.json_etag:
@@ -242,9 +275,22 @@ class JsonBodyMixin(tornado.web.RequestHandler):
         self._json_chunks.append(chunk)
 
     @property
-    def json_body(self) -> Any:
-        """The body as JSON; a JSON object is required. See :meth:`get_json_body`."""
+    def json_body(self) -> dict[str, Any]:
+        """The body as a JSON object (a 4xx otherwise). See :meth:`get_json_body`."""
         return self.get_json_body()
+
+    @overload
+    def get_json_body(
+        self, *, required: Literal[True] = ..., object_required: Literal[True] = ...
+    ) -> dict[str, Any]: ...
+
+    @overload
+    def get_json_body(
+        self, *, required: bool, object_required: Literal[True] = ...
+    ) -> Optional[dict[str, Any]]: ...
+
+    @overload
+    def get_json_body(self, *, required: bool = ..., object_required: bool) -> Any: ...
 
     def get_json_body(self, *, required: bool = True, object_required: bool = True) -> Any:
         """Decode the request body.

@@ -44,14 +44,35 @@ class LowPriorityLane:
         ``work`` should take a couple of milliseconds at most: it blocks the loop.
         """
         async with self._lock:
-            deadline = time.perf_counter() + self.max_wait
-            while True:
-                started = time.perf_counter()
-                await asyncio.sleep(0)
-                now = time.perf_counter()
-                if now - started < self.idle_gap or now >= deadline:
-                    break
+            await self._idle_moment()
             return work()
+
+    def _idle_moment(self) -> asyncio.Future[None]:
+        """A future that completes at the first idle moment, or after ``max_wait``.
+
+        The probing runs as a chain of ``call_soon`` callbacks, each timing one trip
+        round the loop (the same measurement as ``await asyncio.sleep(0)``), so the
+        waiting task suspends exactly once per piece of work however busy the loop
+        is: its number of await points does not depend on the load.
+        """
+        loop = asyncio.get_running_loop()
+        idle: asyncio.Future[None] = loop.create_future()
+        deadline = time.perf_counter() + self.max_wait
+        last = time.perf_counter()
+
+        def probe() -> None:
+            nonlocal last
+            if idle.done():  # the waiting task was cancelled
+                return
+            now = time.perf_counter()
+            if now - last < self.idle_gap or now >= deadline:
+                idle.set_result(None)
+            else:
+                last = now
+                loop.call_soon(probe)
+
+        loop.call_soon(probe)
+        return idle
 
 
 _lanes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LowPriorityLane] = (

@@ -10,7 +10,7 @@
     def health(handler):
         return {"ok": True}
 
-    app = tornado.web.Application(registry.urlspecs("/api/v1") + other_rules)
+    app = tornado.web.Application(registry.urlspecs("/api/v1") + [(r"/", HomeHandler)])
 
 Pattern rules
 -------------
@@ -58,7 +58,14 @@ a dot segment a browser would resolve, and always leads back to the same route.
 
 Everything that can be wrong with a registration is reported when it is made, or
 at ``urlspecs()`` at the latest, never while serving: a duplicate
-``(method, pattern)`` or name, an invalid pattern, unknown ``initialize()`` arguments.
+``(method, pattern)`` or name, an invalid pattern, unknown ``initialize()`` arguments,
+and a servlet whose ``error_template`` names a file the application settings
+cannot provide (``urlspecs(settings=...)``).
+
+Types: ``urlspecs()`` returns a list of ``UrlRule``, the element type of the rule
+lists ``tornado.web.Application`` accepts, so ``urlspecs() + other_rules``,
+``other_rules + urlspecs()`` and ``[*urlspecs(), ...]`` type-check without a cast;
+``route`` returns the decorated function unchanged, with its type.
 """
 
 from __future__ import annotations
@@ -68,19 +75,57 @@ import inspect
 import math
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, TypeVar, Union, overload
 from urllib.parse import quote
 
 import tornado.web
-from tornado.routing import PathMatches, URLSpec
+from tornado.routing import Matcher, PathMatches, Rule, URLSpec
 
 from .errors import NotFound
 from .metrics import ServletMetrics
 from .servlet import ROUTE_KWARG, SERVLET_METHODS, JsonServlet, ServletRoute, implemented_methods
 
-__all__ = ["CONVERTERS", "Converter", "ServletRegistry"]
+__all__ = ["CONVERTERS", "Converter", "ServletRegistry", "UrlRule", "UrlRules"]
+
+#: One entry of the rule list ``tornado.web.Application`` accepts: the same union as
+#: ``tornado.routing._RuleList``'s elements (Tornado 6.4 to 6.6), spelled out because
+#: that alias is private.
+UrlRule = Union[
+    Rule,
+    list[Any],
+    tuple[Union[str, Matcher], Any],
+    tuple[Union[str, Matcher], Any, dict[str, Any]],
+    tuple[Union[str, Matcher], Any, dict[str, Any], str],
+]
+
+_Route = TypeVar("_Route", bound=Callable[..., Any])
+_Other = TypeVar("_Other")
+
+
+class UrlRules(list[UrlRule]):
+    """The list ``urlspecs()`` returns: a plain list of rules that also concatenates,
+    for type checkers, with rule lists whose element type was inferred.
+
+    ``[(r"/", Home)]`` assigned to a variable is inferred as
+    ``list[tuple[str, type[Home]]]``, which a plain ``list[UrlRule]`` cannot be
+    added to (lists are invariant), although every element is a valid rule.
+    ``+`` here accepts any iterable of rules, on either side.
+    """
+
+    @overload  # type: ignore[override]  # deliberately wider: any iterable of rules
+    def __add__(self, other: Iterable[UrlRule]) -> UrlRules: ...
+
+    @overload
+    def __add__(self, other: list[_Other]) -> list[Union[_Other, UrlRule]]: ...
+
+    def __add__(self, other: Iterable[Any]) -> Any:
+        return UrlRules([*self, *other])
+
+    def __radd__(self, other: Iterable[UrlRule]) -> UrlRules:
+        return UrlRules([*other, *self])
+
 
 _INT64 = 2**63
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -529,11 +574,11 @@ class ServletRegistry:
 
     def route(
         self, template: str, methods: Sequence[str] = ("GET",), *, name: Optional[str] = None
-    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    ) -> Callable[[_Route], _Route]:
         """Serve a plain function, called as ``fn(handler, **params)``.
 
         It returns like ``on_GET``. Several functions may share one template with
-        different methods.
+        different methods. The function itself is returned unchanged.
         """
         wanted = tuple(method.upper() for method in methods)
         unknown = [m for m in wanted if m not in SERVLET_METHODS]
@@ -542,7 +587,7 @@ class ServletRegistry:
                 f"route {template!r}: methods must be among {SERVLET_METHODS}, got {methods!r}"
             )
 
-        def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def decorator(fn: _Route) -> _Route:
             servlet_name = name or fn.__name__
             if self._merge_route(template, wanted, fn, name):
                 return fn
@@ -587,21 +632,37 @@ class ServletRegistry:
         servlet.allowed_methods = implemented_methods(servlet)
         return True
 
-    def urlspecs(self, prefix: str = "", *, catch_all: bool = True) -> list[URLSpec]:
+    def urlspecs(
+        self,
+        prefix: str = "",
+        *,
+        catch_all: bool = True,
+        settings: Optional[Mapping[str, Any]] = None,
+    ) -> UrlRules:
         """The URL table: one URLSpec per pattern, then a JSON-404 catch-all under ``prefix``.
 
         With ``prefix=""`` the catch-all matches every path, so put other rules first
         or pass ``catch_all=False``.
+
+        ``settings`` are the application settings the table will be served with.
+        Servlets whose error rendering depends on them (an ``error_template`` naming
+        a file under ``template_path``) are checked against them here, and such a
+        servlet without ``settings`` is an error too, so that a missing template
+        is found now rather than at the first error response.
+
+        :raises ValueError: an invalid prefix, or a servlet that the settings
+            cannot serve.
         """
         if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
             raise ValueError(f"prefix must start with '/' and not end with it: {prefix!r}")
+        self._check_settings(settings)
         if "{" in prefix or "}" in prefix:
             raise ValueError(f"prefix may not contain parameters: {prefix!r}")
         try:
             escaped, encoded_prefix = _literal(prefix)
         except ValueError as error:
             raise ValueError(f"invalid prefix {prefix!r}: {error}") from None
-        specs: list[URLSpec] = []
+        specs = UrlRules()
         for endpoint in self._endpoints:
             route = ServletRoute(
                 pattern=endpoint.pattern,
@@ -625,6 +686,23 @@ class ServletRegistry:
                 URLSpec(f"^{escaped}(?:/.*)?$", _UnrecognizedServlet, {ROUTE_KWARG: route})
             )
         return specs
+
+    def _check_settings(self, settings: Optional[Mapping[str, Any]]) -> None:
+        for servlet in dict.fromkeys(endpoint.servlet for endpoint in self._endpoints):
+            check: Optional[Callable[[Mapping[str, Any]], None]] = getattr(
+                servlet, "check_settings", None
+            )
+            if check is None:
+                continue
+            needs: Callable[[], bool] = getattr(servlet, "needs_template_path", lambda: False)
+            if settings is None and needs():
+                raise ValueError(
+                    f"{_label(servlet)}.error_template names a template file: pass the "
+                    "application settings, urlspecs(..., settings=settings), so that "
+                    "template_path is checked now rather than at the first error"
+                )
+            if settings is not None:
+                check(settings)
 
     def _add(self, endpoints: list[_Endpoint], methods: tuple[str, ...]) -> None:
         keys = [endpoint.compiled.key for endpoint in endpoints]

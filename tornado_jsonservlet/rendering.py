@@ -51,7 +51,7 @@ import logging
 import traceback
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, Callable, ClassVar, Optional, Union
+from typing import Any, Callable, ClassVar, Optional, TypeVar, Union
 
 import jinja2
 import markupsafe
@@ -76,7 +76,13 @@ __all__ = [
 
 
 #: ``handler(request_handler, exception)`` -> an error to render, or None if it wrote one.
+#: This is the type of the values of an ``error_handlers`` table, which mixes
+#: exception classes; :meth:`ErrorRenderingMixin.add_error_handler` checks each
+#: handler against its exception class and request-handler class precisely.
 ErrorHandler = Callable[[Any, Any], Optional[tornado.web.HTTPError]]
+
+_Handler = TypeVar("_Handler", bound="ErrorRenderingMixin")
+_Exc = TypeVar("_Exc", bound=BaseException)
 
 _INTERNAL_MESSAGE = "Internal server error"
 _HANDLERS_ATTR = "_own_error_handlers"
@@ -188,8 +194,16 @@ class ErrorRenderingMixin(tornado.web.RequestHandler):
         setattr(cls, _HANDLERS_ATTR, dict(cls.__dict__.get("error_handlers", {})))
 
     @classmethod
-    def add_error_handler(cls, exception_type: type[BaseException], handler: ErrorHandler) -> None:
+    def add_error_handler(
+        cls: type[_Handler],
+        exception_type: type[_Exc],
+        handler: Callable[[_Handler, _Exc], Optional[tornado.web.HTTPError]],
+    ) -> None:
         """Register ``handler`` for ``exception_type`` (and its subclasses) on this class.
+
+        ``handler(request_handler, error)`` receives an instance of this class (or a
+        subclass) and an ``exception_type``, and returns the error to render, or
+        None when it wrote the response itself.
 
         A later registration for the same exception class replaces the earlier one.
         """
@@ -407,11 +421,55 @@ class HtmlErrorMixin(ErrorRenderingMixin):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         template = cls.__dict__.get("error_template")
+        if template is not None and not isinstance(template, (str, jinja2.Template)):
+            raise TypeError(
+                f"{cls.__name__}.error_template must be None, a str or a jinja2.Template, "
+                f"not {type(template).__name__}"
+            )
         if isinstance(template, str) and "{" in template:
             try:  # a broken format string fails at import time, not during an error
                 template.format(code=0, msg="", errcode="", reason="")
             except (KeyError, IndexError, ValueError) as error:
                 raise ValueError(f"{cls.__name__}.error_template: {error!r}") from error
+        elif isinstance(template, str) and not template.strip():
+            raise ValueError(f"{cls.__name__}.error_template is an empty template name")
+
+    @classmethod
+    def needs_template_path(cls) -> bool:
+        """True when ``error_template`` names a file under the app's ``template_path``."""
+        template = cls.error_template
+        return isinstance(template, str) and "{" not in template
+
+    @classmethod
+    def check_settings(cls, settings: Mapping[str, Any]) -> None:
+        """Fail now if this class cannot render its errors with these application settings.
+
+        A named ``error_template`` needs the ``template_path`` setting and must load
+        from it. Called by :meth:`ServletRegistry.urlspecs
+        <tornado_jsonservlet.registry.ServletRegistry.urlspecs>`; call it yourself
+        for handlers you route by hand. A class that overrides
+        ``get_template_path`` chooses its directory per request and is not checked.
+
+        :raises ValueError: naming the class, the template and what is missing.
+        """
+        if not cls.needs_template_path():
+            return
+        if cls.get_template_path is not tornado.web.RequestHandler.get_template_path:
+            return
+        template = cls.error_template
+        template_path = settings.get("template_path")
+        if not template_path:
+            raise ValueError(
+                f"{cls.__name__}.error_template = {template!r} names a template file, "
+                "but the application has no template_path setting"
+            )
+        try:
+            _environment(str(template_path)).get_template(str(template))
+        except jinja2.TemplateError as error:
+            raise ValueError(
+                f"{cls.__name__}.error_template = {template!r} cannot be loaded from "
+                f"template_path {template_path!r}: {error!r}"
+            ) from error
 
     def error_body(self, error: ServletError, exc: Optional[BaseException]) -> tuple[str, bytes]:
         self.set_header("X-Frame-Options", "DENY")

@@ -27,6 +27,20 @@ A servlet follows the cancellation policy of
 disconnects, an ``on_POST`` only when marked ``@cancellable``. Its errors are rendered as JSON
 (:class:`JsonServlet`) or HTML (:class:`HtmlServlet`), and its request body is read
 with the size limit enforced while it arrives.
+
+Tornado's conventions hold for servlets as for any handler:
+
+* **XSRF.** With the ``xsrf_cookies`` setting, a ``POST``/``PUT``/``PATCH``/``DELETE``
+  must carry the token as the ``_xsrf`` form field or the ``X-XSRFToken`` header.
+  Tornado checks it before ``prepare()``, which for a streamed body is before the
+  form field has arrived; a servlet therefore runs the same check once the body is
+  complete, before its method is called. A failure is a 403 whose ``errcode`` says
+  what is wrong: ``XSRF_MISSING`` (no token sent), ``XSRF_COOKIE_MISSING`` (no
+  ``_xsrf`` cookie) or ``XSRF_MISMATCH``.
+* **HEAD** runs ``on_GET`` for its status and headers; a :class:`JsonServlet` never
+  encodes the document (see :mod:`~tornado_jsonservlet.json_handlers`).
+* **Access log.** Lines keep Tornado's format. The servlet's name is available to a
+  ``log_function`` setting as ``handler.servlet_name`` and is what metrics count by.
 """
 
 from __future__ import annotations
@@ -44,7 +58,7 @@ import tornado.web
 
 from .cors import CorsMixin
 from .disconnect import CancelOnDisconnectMixin
-from .errors import BadRequest, MethodNotAllowed, NotFound
+from .errors import BadRequest, Forbidden, MethodNotAllowed, NotFound
 from .headers import parse_media_type
 from .json_handlers import JsonBodyMixin, JsonResponseMixin
 from .lean import LeanResponseMixin
@@ -93,6 +107,8 @@ class _ServletBase(
     allowed_methods: ClassVar[tuple[str, ...]] = ("OPTIONS",)
 
     _route: ServletRoute = ServletRoute(pattern="")
+    _body_complete: bool = False
+    _xsrf_check_due: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -146,11 +162,14 @@ class _ServletBase(
         self.finish()
 
     async def _dispatch(self, method: str, raw_params: Mapping[str, str]) -> None:
+        self._complete_body()
+        if self._xsrf_check_due:
+            self._xsrf_check_due = False
+            self.check_xsrf_cookie()
         target = getattr(self, f"on_{method}", None)
         if target is None:
             raise MethodNotAllowed(self.allowed_methods)
         params = self._convert_params(raw_params)
-        self._complete_body()
         result = target(**params)
         if inspect.isawaitable(result):
             result = await result
@@ -190,8 +209,40 @@ class _ServletBase(
                 raise NotFound("Unrecognized request", "UNRECOGNIZED") from None
         return params
 
+    def check_xsrf_cookie(self) -> None:
+        """Tornado's XSRF check, run once the streamed body is complete.
+
+        Tornado calls this before ``prepare()``, when an ``_xsrf`` form field cannot
+        have arrived yet; the call then only marks the check as due, and
+        ``_dispatch`` calls this method again (overrides included) with the body
+        in place. Failures are 403s with an ``errcode`` naming what is wrong.
+        """
+        if not self._body_complete:
+            self._xsrf_check_due = True
+            return
+        token = (
+            self.get_argument("_xsrf", None)
+            or self.request.headers.get("X-Xsrftoken")
+            or self.request.headers.get("X-Csrftoken")
+        )
+        if not token:
+            raise Forbidden(
+                "XSRF token missing: send the _xsrf form field or the X-XSRFToken header",
+                "XSRF_MISSING",
+            )
+        if not self.get_cookie(self.settings.get("xsrf_cookie_name", "_xsrf")):
+            raise Forbidden(
+                "XSRF cookie missing: load a page that sets it before sending this request",
+                "XSRF_COOKIE_MISSING",
+            )
+        try:
+            super().check_xsrf_cookie()
+        except tornado.web.HTTPError:
+            raise Forbidden("XSRF token does not match the _xsrf cookie", "XSRF_MISMATCH") from None
+
     def _complete_body(self) -> None:
         """Make the streamed body look like a normal one to code that reads it."""
+        self._body_complete = True
         body = self._body_bytes()
         self.request.body = body
         content_type = self.request.headers.get("Content-Type", "")
@@ -218,9 +269,6 @@ class _ServletBase(
         raise NotImplementedError
 
     # -- logs and metrics ------------------------------------------------------
-
-    def _request_summary(self) -> str:
-        return f"{super()._request_summary()} [{self.servlet_name}]"
 
     def _log(self) -> None:
         super()._log()

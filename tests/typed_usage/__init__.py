@@ -1,0 +1,1 @@
+"""User code checked with ``mypy --strict`` in CI (not collected by pytest)."""
