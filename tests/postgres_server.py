@@ -16,16 +16,15 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import Optional
 
-import pytest
+from tests.servers import component_missing, free_port
 
 READY = "database system is ready to accept connections"
 
@@ -49,32 +48,20 @@ def find_bindir() -> Optional[Path]:
     return None
 
 
-def missing(reason: str) -> NoReturn:
-    """Skip locally; fail under CI, where the component must be installed."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: .ci/run must install it)", pytrace=False)
-    pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @contextmanager
 def postgres_server() -> Iterator[str]:
     """Start a server in a fresh temp dir on a loopback port; yield its DSN."""
     bindir = find_bindir()
     if bindir is None:
-        missing("PostgreSQL is not installed (apt-get install postgresql)")
+        component_missing("PostgreSQL is not installed (apt-get install postgresql)")
     run_as: Optional[str] = None
     if os.geteuid() == 0:
         try:
             pwd.getpwnam("postgres")
         except KeyError:
-            missing("running as root, and there is no 'postgres' user to run PostgreSQL as")
+            component_missing(
+                "running as root, and there is no 'postgres' user to run PostgreSQL as"
+            )
         run_as = "postgres"
     root = Path(tempfile.mkdtemp(prefix="tjs-postgres-"))
     if run_as is not None:

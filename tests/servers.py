@@ -35,7 +35,7 @@ import time
 import urllib.request
 from pathlib import Path
 from types import TracebackType
-from typing import Optional
+from typing import NoReturn, Optional
 
 import pytest
 
@@ -43,6 +43,7 @@ __all__ = [
     "Chromium",
     "NginxServer",
     "RedisServer",
+    "component_missing",
     "free_port",
     "require_binary",
 ]
@@ -54,7 +55,13 @@ def require_binary(name: str, package: str, *candidates: str) -> str:
         found = shutil.which(candidate) or (candidate if os.path.isfile(candidate) else None)
         if found:
             return found
-    reason = f"{name} not found: install the Debian package {package!r} (apt-get install {package})"
+    return component_missing(
+        f"{name} not found: install the Debian package {package!r} (apt-get install {package})"
+    )
+
+
+def component_missing(reason: str) -> NoReturn:
+    """Skip locally; fail under ``CI=true``, where ``.ci/run`` must have installed it."""
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason}; CI must run this test, not skip it", pytrace=False)
     pytest.skip(reason)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.proc_support import ROOT, free_port, request
+from tests.proc_support import ROOT, request
+from tests.servers import free_port
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 

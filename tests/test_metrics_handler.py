@@ -13,7 +13,8 @@ prometheus_client = pytest.importorskip("prometheus_client")
 
 import tornado.web  # noqa: E402
 
-from tests.proc_support import AppProcess, free_port, request  # noqa: E402
+from tests.proc_support import AppProcess, request  # noqa: E402
+from tests.servers import free_port  # noqa: E402
 from tornado_jsonservlet import JsonServlet, PrometheusMetrics, ServletRegistry  # noqa: E402
 from tornado_jsonservlet.metrics_handler import MULTIPROC_DIR_ENV, metrics_urlspec  # noqa: E402
 

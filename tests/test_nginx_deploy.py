@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,21 +19,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.proc_support import ROOT, AppProcess, Reply, free_port, request
+from tests.proc_support import ROOT, AppProcess, Reply, request
+from tests.servers import free_port, require_binary
 
-NGINX = shutil.which("nginx") or next(
-    (path for path in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(path)), None
-)
-if NGINX is None:
-    if os.environ.get("CI") == "true":
-        pytest.fail("nginx is missing: .ci/run must install it (apt-get install -y nginx)")
-    pytest.skip("nginx not installed (apt-get install -y nginx)", allow_module_level=True)
+
+@pytest.fixture(scope="module")
+def nginx_binary() -> str:
+    return require_binary("nginx", "nginx", "/usr/sbin/nginx", "/usr/local/sbin/nginx")
 
 
 class Nginx:
     """nginx in a temp dir, from deploy/nginx.conf with loopback ports and local paths."""
 
-    def __init__(self, tmp: Path, upstream_port: int) -> None:
+    def __init__(self, binary: str, tmp: Path, upstream_port: int) -> None:
         self.tmp = tmp
         self.port = free_port()
         site = (ROOT / "deploy" / "nginx.conf").read_text()
@@ -62,7 +59,7 @@ class Nginx:
             + "}\n"
         )
         self.proc = subprocess.Popen(
-            [NGINX, "-p", str(tmp), "-c", str(tmp / "nginx.conf"), "-g", "daemon off;"],
+            [binary, "-p", str(tmp), "-c", str(tmp / "nginx.conf"), "-g", "daemon off;"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
@@ -95,7 +92,7 @@ class Nginx:
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[tuple[Nginx, AppProcess]]:
+def stack(nginx_binary: str, tmp_path: Path) -> Iterator[tuple[Nginx, AppProcess]]:
     app = AppProcess(
         tmp_path / "app.log",
         free_port(),
@@ -108,7 +105,7 @@ def stack(tmp_path: Path) -> Iterator[tuple[Nginx, AppProcess]]:
     try:
         app.worker_pids(2)
         (tmp_path / "nginx").mkdir()
-        nginx = Nginx(tmp_path / "nginx", app.port)
+        nginx = Nginx(nginx_binary, tmp_path / "nginx", app.port)
         yield nginx, app
     finally:
         if nginx is not None:

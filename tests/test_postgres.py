@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import tornado.web
 
-from tests.postgres_server import missing, postgres_server
+from tests.postgres_server import postgres_server
+from tests.servers import component_missing
 from tests.support import access_statuses
 from tornado_jsonservlet import CancelOnDisconnectMixin, uncancellable
 from tornado_jsonservlet.testing import RawHTTPConnection
@@ -37,7 +38,7 @@ ACTIVE_SLEEPS = """
 @pytest.fixture(scope="module")
 def dsn() -> Iterator[str]:
     if asyncpg is None:
-        missing("asyncpg is not installed (pip install 'tornado-jsonservlet[test]')")
+        component_missing("asyncpg is not installed (pip install 'tornado-jsonservlet[test]')")
     with postgres_server() as url:
         yield url
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.proc_support import AppProcess, Reply, free_port, request
+from tests.proc_support import AppProcess, Reply, request
+from tests.servers import free_port
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 

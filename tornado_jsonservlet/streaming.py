@@ -42,7 +42,6 @@ import contextlib
 import logging
 import math
 from collections.abc import AsyncIterable, Awaitable
-from types import TracebackType
 from typing import Any, ClassVar, NoReturn, Optional, TypeVar, Union
 
 from tornado.iostream import StreamClosedError
@@ -180,20 +179,6 @@ class StreamingResponseMixin(CancelOnDisconnectMixin):
         if now - self._yielded_at >= _MAX_RUN_SECONDS:
             await asyncio.sleep(0)
             self._yielded_at = now
-
-    # -- Tornado hooks ---------------------------------------------------------
-
-    def log_exception(
-        self,
-        typ: Optional[type[BaseException]],
-        value: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        # The StreamClosedError that ends a non-cancellable producer after its
-        # client left is the normal end of a stream, not something to report.
-        if isinstance(value, StreamClosedError) and self.client_disconnected:
-            return
-        super().log_exception(typ, value, tb)
 
     # -- machinery -------------------------------------------------------------
 
