@@ -87,7 +87,7 @@ class BroadcastUnavailable(ServletError):
 def _check_max_queued(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"max_queued must be a positive int, not {value!r}")
-    return value
+    return int(value)
 
 
 class Subscription:
