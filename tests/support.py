@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
 from collections import Counter
+from pathlib import Path
 from typing import Any, Optional
 
 import pytest
@@ -94,3 +101,42 @@ async def leave_while_suspended(port: int, probe: Probe, path: str, how: CloseHo
     conn.close(how)
     await probe.wait_finished()
     await settle()
+
+
+def demo_log_after_client_leaves(path: str, leave_after: float, how: CloseHow) -> str:
+    """Run ``demo_server.py`` as the README does, leave ``path`` mid-request; its log.
+
+    A real process and a plain socket: nothing of the test's own event loop is
+    involved. The client closes ``leave_after`` seconds after sending (RST with
+    ``how="rst"``); the server gets half a second more, then is stopped.
+    """
+    from tests.servers import free_port
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "demo_server.py", f"--port={port}", "--logging=debug"],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            assert time.monotonic() < deadline, "demo server did not start"
+            try:
+                client = socket.create_connection(("127.0.0.1", port), timeout=1)
+                break
+            except OSError:
+                time.sleep(0.05)
+        client.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+        time.sleep(leave_after)
+        if how == "rst":
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        time.sleep(0.5)
+    finally:
+        server.terminate()
+        _, log = server.communicate(timeout=10)
+    return log

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import socket
-import struct
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +14,7 @@ import tornado.web
 from tornado.httpclient import AsyncHTTPClient
 
 import demo_server
-from tests.support import access_lines, messages
+from tests.support import access_lines, demo_log_after_client_leaves, messages
 from tornado_jsonservlet.testing import RawHTTPConnection
 
 pytestmark = pytest.mark.gen_test
@@ -97,42 +92,10 @@ async def test_bad_delay_is_a_json_400(http_client, http_server, http_port, capl
     assert not [m for m in messages(caplog) if m.startswith("chain: fetching")]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.parametrize("how", ["fin", "rst"])
 def test_command_line_demo_chain(how):
     """``demo_server.py`` as the README runs it, a client leaving ``/chain``."""
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "demo_server.py", f"--port={port}", "--logging=debug"],
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            assert time.monotonic() < deadline, "demo server did not start"
-            try:
-                client = socket.create_connection(("127.0.0.1", port), timeout=1)
-                break
-            except OSError:
-                time.sleep(0.05)
-        client.sendall(b"GET /chain?delay=3 HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        time.sleep(0.7)
-        if how == "rst":
-            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        client.close()
-        time.sleep(0.5)
-    finally:
-        server.terminate()
-        _, log = server.communicate(timeout=10)
+    log = demo_log_after_client_leaves("/chain?delay=3", 0.7, how)
     assert re.search(r"\[W [^\]]*\] 499 GET /chain\?delay=3 \(127\.0\.0\.1\)", log), log
     assert re.search(r"\[W [^\]]*\] 499 GET /\?delay=3 \(127\.0\.0\.1\)", log), log
     assert log.count(CLEANUP) == 1, log
