@@ -1,7 +1,8 @@
 """Client side of the SSE benchmarks: a server process to measure, and SSE clients.
 
-Each client is a raw asyncio connection reading ``GET /events`` and stamping
-``time.monotonic()`` when each event's ``seq`` arrives; it can leave with FIN or RST.
+Each client is a raw asyncio connection (a protocol, handled in the event loop's
+own read callback) reading ``GET /events`` and stamping ``time.monotonic()`` when
+each event's ``seq`` arrives; it can leave with FIN or RST.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import os
 import re
 import resource
+import select
 import socket
 import statistics
 import struct
@@ -63,13 +65,20 @@ class Server:
         self.process.wait(timeout=10)
 
 
-class Client:
-    """One SSE connection; ``received[seq]`` is (receive time - publish time)."""
+class Client(asyncio.Protocol):
+    """One SSE connection; ``received[seq]`` is (receive time - publish time).
+
+    A protocol, not a stream reader: each read is handled inside the event loop's
+    own callback, with no task to wake, so that the client process adds as little
+    delay of its own as possible to what it measures.
+    """
 
     def __init__(self) -> None:
         self.received: dict[int, float] = {}
-        self.writer: Optional[asyncio.StreamWriter] = None
-        self.task: Optional[asyncio.Task[None]] = None
+        self.transport: Optional[asyncio.Transport] = None
+        self._headers: Optional[asyncio.Future[None]] = None
+        self._buffer = b""
+        self._read = True
         self.rcvbuf: Optional[int] = None
 
     async def connect(self, port: int, rcvbuf: Optional[int] = None, read: bool = True) -> None:
@@ -77,43 +86,96 @@ class Client:
         if rcvbuf:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-        reader, self.writer = await asyncio.open_connection(sock=sock, limit=2**20)
-        self.writer.write(b"GET /events HTTP/1.1\r\nHost: bench\r\n\r\n")
-        await reader.readuntil(b"\r\n\r\n")
-        if read:
-            self.task = asyncio.ensure_future(self._read(reader))
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        self._read = read
+        self._headers = loop.create_future()
+        await loop.create_connection(lambda: self, sock=sock)
+        assert self.transport is not None
+        self.transport.write(b"GET /events HTTP/1.1\r\nHost: bench\r\n\r\n")
+        await self._headers
 
     @property
     def port(self) -> int:
-        assert self.writer is not None
-        return int(self.writer.get_extra_info("sockname")[1])
+        assert self.transport is not None
+        return int(self.transport.get_extra_info("sockname")[1])
 
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        tail = b""
-        try:
-            while True:
-                data = await reader.read(65536)
-                if not data:
-                    return
-                now = time.monotonic()
-                data = tail + data
-                for match in _SEQ.finditer(data):
-                    seq = int(match.group(1))
-                    if seq not in self.received:  # the tail may repeat the last one
-                        self.received[seq] = now - float(match.group(2))
-                tail = data[-64:]
-        except (ConnectionError, asyncio.CancelledError):
-            return
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic()
+        data = self._buffer + data
+        if self._headers is not None and not self._headers.done():
+            if b"\r\n\r\n" not in data:
+                self._buffer = data
+                return
+            self._headers.set_result(None)
+            if not self._read:
+                assert self.transport is not None
+                self.transport.pause_reading()
+                self._buffer = b""
+                return
+        self._buffer = b""
+        self._parse(now, data)
+
+    def _parse(self, now: float, data: bytes) -> None:
+        data = self._buffer + data
+        for match in _SEQ.finditer(data):
+            seq = int(match.group(1))
+            if seq not in self.received:  # the tail may repeat the last one
+                self.received[seq] = now - float(match.group(2))
+        self._buffer = data[-64:]
+
+    def connection_lost(self, exc: Optional[BaseException]) -> None:
+        if self._headers is not None and not self._headers.done():
+            self._headers.set_exception(ConnectionError("closed before the headers"))
 
     def leave(self, how: str) -> None:
-        assert self.writer is not None
-        sock = self.writer.get_extra_info("socket")
+        assert self.transport is not None
+        sock = self.transport.get_extra_info("socket")
         if how == "rst" and sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.writer.transport.abort() if how == "rst" else self.writer.close()
-        if self.task is not None:
-            self.task.cancel()
+        self.transport.abort() if how == "rst" else self.transport.close()
+
+
+def collect(clients: list[Client], quiet_after: float, timeout: float) -> None:
+    """Read every client's socket in a tight loop, then parse what arrived.
+
+    For the fan-out measurement: the event loop's per-read machinery (a callback
+    and a transport per read) costs more than the server's own send per client,
+    so reading through it would measure the reader. Here a readable socket costs
+    one ``epoll`` entry and one ``os.read``, stamped with ``time.monotonic()``; the
+    bytes are parsed into ``Client.received`` afterwards. Reading stops once
+    nothing arrived for a second after ``quiet_after`` (a ``time.monotonic()``
+    value), or after ``timeout`` seconds. The event loop does not run meanwhile
+    (it owns the same sockets, and finds nothing to read when it resumes).
+    """
+    poller = select.epoll()
+    by_fd: dict[int, Client] = {}
+    for client in clients:
+        assert client.transport is not None
+        fd = client.transport.get_extra_info("socket").fileno()
+        by_fd[fd] = client
+        poller.register(fd, select.EPOLLIN)
+    reads: list[tuple[Client, float, bytes]] = []
+    now = time.monotonic()
+    deadline = now + timeout
+    last_read = now
+    try:
+        while now < deadline and (now < quiet_after or now - last_read < 1.0):
+            for fd, _ in poller.poll(0.05):
+                try:
+                    data = os.read(fd, 65536)
+                except BlockingIOError:
+                    continue
+                last_read = time.monotonic()
+                reads.append((by_fd[fd], last_read, data))
+            now = time.monotonic()
+    finally:
+        poller.close()
+    for client, when, data in reads:
+        client._parse(when, data)
 
 
 async def connect_all(port: int, count: int, batch: int = 200) -> list[Client]:

@@ -1,6 +1,11 @@
 """P9-P11: many SSE clients on one process, fed by an InMemoryBroadcaster.
 
-Usage: ``python benchmarks/sse_fanout.py [--clients 2000] [--publishes 50] [--interval 0.2]``
+Usage: ``python benchmarks/sse_fanout.py [--clients 2000] [--publishes 50] [--interval 0.2]
+[--loop]``
+
+The server relays the channel with ``relay_events()``; ``--loop`` measures the
+hand-written ``async for message in messages: await self.send_event(message)``
+instead.
 
 1. **P10** connects ``--clients`` SSE clients and lets them idle; reports the server's
    RSS growth divided by the clients (goal <= 64 KB per connection).
@@ -22,11 +27,11 @@ import argparse
 import asyncio
 import time
 
-from sse_clients import Server, connect_all, raise_fd_limit, summary, wait_for
+from sse_clients import Server, collect, connect_all, raise_fd_limit, summary, wait_for
 
 
 async def run(args: argparse.Namespace) -> None:
-    server = Server()
+    server = Server(*(["--loop"] if args.loop else []))
     try:
         await asyncio.sleep(0.5)
         _, _, base = await wait_for(server, lambda s: True, 5)
@@ -49,11 +54,8 @@ async def run(args: argparse.Namespace) -> None:
         )
 
         server.get(f"/publish?count={args.publishes}&interval={args.interval}")
-        deadline = time.monotonic() + args.publishes * args.interval + args.timeout
-        while time.monotonic() < deadline:
-            if all(len(c.received) >= args.publishes for c in clients):
-                break
-            await asyncio.sleep(0.05)
+        publishing = args.publishes * args.interval
+        collect(clients, time.monotonic() + publishing, publishing + args.timeout)
         last_client = []
         missing = 0
         for seq in range(args.publishes):
@@ -94,6 +96,9 @@ def main() -> None:
     parser.add_argument("--publishes", type=int, default=50)
     parser.add_argument("--interval", type=float, default=0.2)
     parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument(
+        "--loop", action="store_true", help="async for + send_event instead of relay_events"
+    )
     args = parser.parse_args()
     raise_fd_limit(args.clients * 2 + 256)
     asyncio.run(run(args))

@@ -42,9 +42,13 @@ import collections
 import enum
 import logging
 from types import TracebackType
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .errors import ServletError
+
+#: A callable handed each message as it is published, with a dict shared by every
+#: receiver of that one delivery (for work done once per message, like encoding).
+Receiver = Callable[[Any, dict[Any, Any]], None]
 
 __all__ = [
     "DEFAULT_MAX_QUEUED",
@@ -97,7 +101,7 @@ class Subscription:
     the subscription ends; :attr:`ended` says why.
     """
 
-    __slots__ = ("_queue", "_waiter", "channel", "ended", "max_queued")
+    __slots__ = ("_queue", "_receiver", "_waiter", "channel", "ended", "max_queued")
 
     def __init__(self, channel: str, max_queued: int) -> None:
         self.channel = channel
@@ -106,6 +110,7 @@ class Subscription:
         self.ended: Optional[EndReason] = None
         self._queue: collections.deque[Any] = collections.deque()
         self._waiter: Optional[asyncio.Future[None]] = None
+        self._receiver: Optional[Receiver] = None
 
     @property
     def pending(self) -> int:
@@ -133,12 +138,48 @@ class Subscription:
         state = self.ended.value if self.ended is not None else "open"
         return f"<Subscription {self.channel!r} {state}, {len(self._queue)} pending>"
 
+    # -- for relays ----------------------------------------------------------------
+
+    def _receive_with(self, receiver: Optional[Receiver]) -> None:
+        """Hand each message to ``receiver`` as it is published (``None``: queue again).
+
+        The fast path of a relay: publishing then costs one call per subscriber
+        instead of waking every subscriber's task. Messages already queued are
+        handed over first, so the order is kept. The receiver runs inside
+        ``publish`` and must not raise or block.
+        """
+        if receiver is not None:
+            while self._queue:
+                receiver(self._queue.popleft(), {})
+        self._receiver = receiver
+
+    async def _until_woken(self) -> None:
+        """Wait until the subscription ends or :meth:`_wake` is called.
+
+        For a relay, whose receiver takes the messages: it waits here between
+        checks of its own conditions.
+        """
+        if self.ended is not None:
+            return
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
     # -- for broadcasters ----------------------------------------------------------
 
-    def _offer(self, message: Any) -> bool:
-        """Queue ``message``; False (and the subscription ends as lagged) if it is full."""
+    def _offer(self, message: Any, memo: dict[Any, Any]) -> bool:
+        """Queue ``message``; False (and the subscription ends as lagged) if it is full.
+
+        ``memo`` is shared by every subscriber of this one delivery.
+        """
         if self.ended is not None:
             return False
+        receiver = self._receiver
+        if receiver is not None:
+            receiver(message, memo)
+            return True
         if len(self._queue) >= self.max_queued:
             self._end(EndReason.LAGGED)
             return False
@@ -254,8 +295,9 @@ class Broadcaster(abc.ABC):
             return 0
         delivered = 0
         lagging = None
+        memo: dict[Any, Any] = {}
         for subscription in subscriptions:
-            if subscription._offer(message):
+            if subscription._offer(message, memo):
                 delivered += 1
             elif subscription.ended is EndReason.LAGGED:
                 lagging = lagging or []

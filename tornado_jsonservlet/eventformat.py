@@ -25,6 +25,7 @@ from .jsonio import encode
 __all__ = [
     "HEARTBEAT",
     "MAX_EVENT_ID_LENGTH",
+    "ServerSentEvent",
     "format_comment",
     "format_event",
     "parse_last_event_id",
@@ -85,6 +86,47 @@ def format_event(
     lines.extend(f"data: {line}" for line in _data_lines(data))
     lines.append("\n")
     return "\n".join(lines).encode("utf-8")
+
+
+class ServerSentEvent:
+    """An event with its fields, checked and encoded once when it is created.
+
+    Publish one of these to a :class:`~tornado_jsonservlet.broadcast.Broadcaster`
+    when subscribers relay a channel as server-sent events: every subscriber then
+    sends the same bytes, and a bad field is a ``ValueError`` at the publisher,
+    not at each subscriber. ``send_event`` accepts one too.
+
+    :raises ValueError, TypeError: as :func:`format_event`.
+    """
+
+    __slots__ = ("data", "encoded", "event", "id", "retry")
+
+    data: Any
+    event: Optional[str]
+    id: Optional[Union[str, int]]
+    retry: Optional[int]
+    #: The event on the wire.
+    encoded: bytes
+
+    def __init__(
+        self,
+        data: Any,
+        *,
+        event: Optional[str] = None,
+        id: Optional[Union[str, int]] = None,  # the SSE field's name
+        retry: Optional[int] = None,
+    ) -> None:
+        encoded = format_event(data, event=event, id=id, retry=retry)
+        for name, value in (("data", data), ("event", event), ("id", id), ("retry", retry)):
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "encoded", encoded)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Immutable, so that ``encoded`` always matches the fields.
+        raise AttributeError(f"ServerSentEvent is immutable; cannot set {name!r}")
+
+    def __repr__(self) -> str:
+        return f"ServerSentEvent({self.data!r}, event={self.event!r}, id={self.id!r})"
 
 
 def _checked_id(value: Union[str, int]) -> str:
