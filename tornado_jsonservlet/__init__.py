@@ -61,6 +61,7 @@ from .errors import (
     UnsupportedMediaType,
     errcode_for_status,
 )
+from .eventformat import ServerSentEvent
 from .json_handlers import JsonBodyMixin, JsonResponseMixin, require
 from .jsonio import active_backend, decode, encode
 from .lean import LeanResponseMixin
@@ -120,6 +121,7 @@ __all__ = [
     "RequestIdLogFilter",
     "RequestIdMixin",
     "SafeWriteMixin",
+    "ServerSentEvent",
     "ServletError",
     "ServletMetrics",
     "ServletRegistry",
