@@ -173,23 +173,48 @@ def disconnect_latencies(port: int, count: int, *, wait: str = "/wait") -> Optio
     stamps at ``/stats``. Both sides use the same system-wide monotonic clock.
     Returns None when the framework never cancelled the handler.
     """
-    closed_at: dict[str, float] = {}
+    return interleaved_disconnect_latencies({"server": port}, count, wait=wait)["server"]
+
+
+def interleaved_disconnect_latencies(
+    ports: dict[str, int], count: int, *, wait: str = "/wait"
+) -> dict[str, Optional[list[float]]]:
+    """:func:`disconnect_latencies` for several servers, taking turns one disconnect
+    at a time, so that drift on the machine reaches every server alike."""
+    closed_at: dict[str, dict[str, float]] = {name: {} for name in ports}
     for index in range(count):
         ident = f"r{index}"
-        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        sock.sendall(f"GET {wait}/{ident} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        received = b""
-        while b"\r\n\r\n" not in received:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            received += chunk
-        if index % 2:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        closed_at[ident] = time.monotonic()
-        sock.close()
-        time.sleep(0.005)
+        for name, port in ports.items():
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(f"GET {wait}/{ident} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            received = b""
+            while b"\r\n\r\n" not in received:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                received += chunk
+            if index % 2:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            closed_at[name][ident] = time.monotonic()
+            sock.close()
+            time.sleep(0.005)
     time.sleep(0.3)
+    results: dict[str, Optional[list[float]]] = {}
+    for name, port in ports.items():
+        cancelled_at = _cancellation_stamps(port)
+        results[name] = (
+            sorted(
+                (cancelled_at[i] - closed) * 1000
+                for i, closed in closed_at[name].items()
+                if i in cancelled_at
+            )
+            if cancelled_at
+            else None
+        )
+    return results
+
+
+def _cancellation_stamps(port: int) -> dict[str, float]:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(b"GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         raw = b""
@@ -198,10 +223,8 @@ def disconnect_latencies(port: int, count: int, *, wait: str = "/wait") -> Optio
     body = raw.partition(b"\r\n\r\n")[2]
     if b"\r\n" in body.split(b"{", 1)[0]:  # chunked: strip the size line(s)
         body = b"{" + body.split(b"{", 1)[1].rsplit(b"}", 1)[0] + b"}"
-    cancelled_at: dict[str, float] = json.loads(body)
-    if not cancelled_at:
-        return None
-    return sorted((cancelled_at[i] - closed_at[i]) * 1000 for i in closed_at if i in cancelled_at)
+    stamps: dict[str, float] = json.loads(body)
+    return stamps
 
 
 def percentile(sorted_values: Sequence[float], fraction: float) -> float:

@@ -15,8 +15,9 @@ load on the other; rounds rotate the order, and figures are medians over rounds.
 Per server: small JSON req/s (wrk c=16), 1 MB JSON req/s (wrk c=4), the P3 ratio
 (small-request p99 while two clients fetch 1 MB, over the unloaded p99; median of
 the per-round ratios), and the close -> ``CancelledError`` latency over
-``--disconnects`` clients that leave (FIN and RST alternating), or "not cancelled"
-for a framework whose handler runs on after its client left.
+``--disconnects`` clients that leave (FIN and RST alternating; the servers take turns,
+one disconnect at a time), or "not cancelled" for a framework whose handler runs on
+after its client left.
 
 Needs wrk (``apt-get install -y wrk``). Binds 127.0.0.1 only; every load run is
 bounded by ``--duration`` and the latency probe by ``--disconnects``.
@@ -35,7 +36,7 @@ from loadgen import (
     CLIENT_CPU,
     SERVER_CPU,
     Server,
-    disconnect_latencies,
+    interleaved_disconnect_latencies,
     median,
     p99_under_load,
     percentile,
@@ -97,8 +98,11 @@ def main() -> None:
                     + ", ".join(f"{k}={v[-1]:.2f}" for k, v in got.items()),
                     flush=True,
                 )
+        measured = interleaved_disconnect_latencies(
+            {name: servers[name].port for name in names}, args.disconnects
+        )
         for name in names:
-            values = disconnect_latencies(servers[name].port, args.disconnects)
+            values = measured[name]
             if values is None:
                 latency[name] = "not cancelled"
             else:
