@@ -20,8 +20,9 @@ through one :class:`OrderedWriter`, which
   the streaming mixins bound with ``max_buffered_bytes``.
 
 The writer knows nothing about HTTP: it is handed a function that writes one
-chunk and returns a future, which must not fail (the streaming mixins turn a
-closed connection into a recorded disconnect first).
+chunk and returns ``None`` when the chunk was taken at once, or else a future
+resolved once it is written. The future must not fail (the streaming mixins
+turn a closed connection into a recorded disconnect first).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class OrderedWriter:
 
     __slots__ = ("_in_flight", "_in_flight_waiter", "_queue", "_queue_waiter", "_write", "buffered")
 
-    def __init__(self, write: Callable[[bytes], asyncio.Future[None]]) -> None:
+    def __init__(self, write: Callable[[bytes], Optional[asyncio.Future[None]]]) -> None:
         self._write = write
         #: Bytes handed to :meth:`send` that the connection has not finished writing.
         self.buffered = 0
@@ -86,6 +87,9 @@ class OrderedWriter:
         self, data: bytes, waiter: Optional[asyncio.Future[None]]
     ) -> Optional[asyncio.Future[None]]:
         written = self._write(data)
+        if written is None:  # taken at once, nothing to wait for
+            _resolve(waiter)
+            return None
         if written.done():
             if not written.cancelled():
                 written.exception()  # retrieved: a failed write means the peer is gone

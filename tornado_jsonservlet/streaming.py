@@ -93,12 +93,6 @@ _MAX_RUN_SECONDS = 0.005
 _DROP_NOTICE_SECONDS = 1.0
 
 
-def _written() -> asyncio.Future[None]:
-    done = asyncio.get_running_loop().create_future()
-    done.set_result(None)
-    return done
-
-
 def _positive_number(cls: type, name: str, allow_none: bool) -> None:
     value = getattr(cls, name)
     if value is None and allow_none:
@@ -211,7 +205,7 @@ class StreamingResponseMixin(CancelOnDisconnectMixin):
         self._last_sent = asyncio.get_running_loop().time()
         return writer.send(data)
 
-    def _write_chunk(self, data: bytes) -> asyncio.Future[None]:
+    def _write_chunk(self, data: bytes) -> Optional[asyncio.Future[None]]:
         """The one place a stream's bytes reach Tornado (called by the writer).
 
         The first chunk goes out with the headers through ``flush()``. After that,
@@ -232,7 +226,7 @@ class StreamingResponseMixin(CancelOnDisconnectMixin):
                 except OSError:  # EAGAIN, or an error that stream.write reports properly
                     sent = 0
                 if sent == len(framed):
-                    return _written()
+                    return None
                 return self._without_stream_closed(stream.write(framed[sent:]))
             return self._write_through_connection(data)
         if self._direct_writes:
