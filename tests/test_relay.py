@@ -740,6 +740,41 @@ async def test_an_uncancellable_relay_raises_stream_closed_when_the_client_leave
     ]
 
 
+@pytest.mark.parametrize("found_by", ["heartbeat", "publish"])
+async def test_a_relay_finds_a_peer_that_vanished_unnoticed(
+    port, probe, broadcaster, caplog, found_by
+):
+    """The client closes, but the server is not told: it had read a pipelined
+    byte after the request, so it is not watching the socket. A write straight
+    to the socket then fails (a reset after the first one), and the relay is
+    cancelled like for any departure, whether a heartbeat or a published
+    message found it."""
+    path = "/beating/c" if found_by == "heartbeat" else "/relay/c"
+    conn = await RawHTTPConnection.open(port)
+    await conn.send_raw(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\nX".encode())
+    await wait_until(lambda: broadcaster.subscriber_count("c") == 1)
+    await asyncio.sleep(0.05)
+    conn.close("fin")
+    await asyncio.sleep(0.05)
+    if found_by == "heartbeat":
+        await probe.wait_finished(timeout=3)
+    else:
+        assert "on_finish" not in probe.events  # not noticed by the close itself
+        for n in range(50):
+            await broadcaster.publish("c", {"n": n})
+            if probe.finished.is_set():
+                break
+            await asyncio.sleep(0.02)
+        await probe.wait_finished(timeout=1)
+    await settle()
+    assert probe.events == ["cancelled", "finally", "on_finish"]
+    assert broadcaster.subscriber_count() == 0
+    assert statuses(caplog, path) == [499]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        line for line in access_lines(caplog) if line.startswith("499")
+    ]
+
+
 # -- the subscription ends ---------------------------------------------------------------
 
 
