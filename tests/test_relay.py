@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import socket
 import time
 import zlib
@@ -23,7 +24,9 @@ from typing import Any, Optional
 import pytest
 import tornado.httpserver
 import tornado.netutil
+import tornado.test
 import tornado.web
+from tornado.httpclient import AsyncHTTPClient
 from tornado.iostream import IOStream, StreamClosedError
 
 from tests.sse_client import StreamReader, parse_events
@@ -267,10 +270,10 @@ def close_readers(io_loop: Any) -> Any:
 
 
 @contextlib.asynccontextmanager
-async def serving(app: tornado.web.Application) -> AsyncIterator[int]:
-    """``app`` on a loopback port of its own (for other application settings)."""
+async def serving(app: tornado.web.Application, **server_options: Any) -> AsyncIterator[int]:
+    """``app`` on a loopback port of its own (for other settings)."""
     sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
-    server = tornado.httpserver.HTTPServer(app)
+    server = tornado.httpserver.HTTPServer(app, **server_options)
     server.add_sockets(sockets)
     try:
         yield sockets[0].getsockname()[1]
@@ -511,6 +514,36 @@ async def test_gzip_transform_still_gives_a_valid_gzip_stream(probe, broadcaster
         assert inflater.unused_data == b""
         assert text == sse_bytes(messages)
         await probe.wait_finished()
+    await settle()
+    assert statuses(caplog, "/relay/c") == [200]
+
+
+async def test_tls_connections_are_written_through_tornado(probe, broadcaster, caplog):
+    """Only a plain TCP stream is written to directly; TLS goes through the
+    connection, and big events are still whole and in order."""
+    certificates = os.path.dirname(tornado.test.__file__)
+    tls = {
+        "certfile": os.path.join(certificates, "test.crt"),
+        "keyfile": os.path.join(certificates, "test.key"),
+    }
+    received: list[bytes] = []
+    messages = [{"n": n, "pad": "p" * (n * 20_000)} for n in range(12)]
+    async with serving(make_app(probe, broadcaster), ssl_options=tls) as port:
+        response_future = AsyncHTTPClient().fetch(
+            f"https://127.0.0.1:{port}/relay/c",
+            validate_cert=False,
+            streaming_callback=received.append,
+            request_timeout=10,
+        )
+        await wait_until(lambda: broadcaster.subscriber_count("c") == 1)
+        for message in messages:
+            await broadcaster.publish("c", message)
+        await broadcaster.close()
+        response = await response_future
+        await probe.wait_finished()
+    assert response.code == 200
+    assert b"".join(received) == sse_bytes(messages)
+    assert probe.values["ended"] == [EndReason.BROADCASTER_CLOSED]
     await settle()
     assert statuses(caplog, "/relay/c") == [200]
 
