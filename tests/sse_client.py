@@ -24,6 +24,9 @@ class Event:
 
 _LINE = re.compile(r"\r\n|\r|\n")
 
+# A chunk-size line as Tornado writes it: lowercase hex, no extensions.
+_CHUNK_SIZE_LINE = re.compile(rb"[0-9a-f]+\r\n")
+
 
 def parse_events(text: str) -> tuple[list[Event], list[str]]:
     """Dispatched events and comments in ``text``, per the WHATWG interpretation rules.
@@ -76,6 +79,7 @@ class StreamReader:
         self.headers = HTTPHeaders()
         self.body = b""
         self.complete = False  # the terminating chunk arrived
+        self.chunks: list[bytes] = []  # every chunk as it was framed, the last one b""
         self._consumed = 0
 
     @classmethod
@@ -95,14 +99,26 @@ class StreamReader:
         self.headers = HTTPHeaders.parse(rest)
 
     async def read_chunk(self, timeout: float = 5.0) -> bytes:
-        """The next chunk of a chunked body (b"" at its end)."""
+        """The next chunk of a chunked body (b"" at its end).
+
+        The framing is checked strictly (RFC 9112, 7.1): a malformed size line, or
+        chunk data not followed by exactly CRLF, is an ``AssertionError``, so a
+        chunk written over another one cannot pass unnoticed.
+        """
+        if self.complete:
+            raise AssertionError("read past the terminating chunk")
         stream = self.conn.stream
-        size_line = await asyncio.wait_for(stream.read_until(b"\r\n"), timeout)
-        size = int(size_line.strip(), 16)
+        size_line = await asyncio.wait_for(stream.read_until(b"\r\n", max_bytes=32), timeout)
+        if not _CHUNK_SIZE_LINE.fullmatch(size_line):
+            raise AssertionError(f"malformed chunk-size line {size_line!r}")
+        size = int(size_line, 16)
         data = await asyncio.wait_for(stream.read_bytes(size + 2), timeout)
+        if data[-2:] != b"\r\n":
+            raise AssertionError(f"chunk of {size} bytes not followed by CRLF: {data[-40:]!r}")
         chunk = data[:-2]
         if size == 0:
             self.complete = True
+        self.chunks.append(chunk)
         self.body += chunk
         return chunk
 

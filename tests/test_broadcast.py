@@ -130,3 +130,66 @@ def test_configuration_mistakes_raise_at_once():
         broadcaster.subscribe(b"bytes")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_queued"):
         broadcaster.subscribe("a", max_queued=0)
+
+
+# -- receivers (what relays use) --------------------------------------------------------
+
+
+async def test_a_receiver_gets_queued_messages_first_then_each_publish_at_once():
+    broadcaster = InMemoryBroadcaster(max_queued=2)
+    received: list[object] = []
+    async with broadcaster.subscribe("a") as messages:
+        await broadcaster.publish("a", 1)
+        await broadcaster.publish("a", 2)
+        messages._receive_with(lambda message, memo: received.append(message))
+        assert received == [1, 2]  # handed over in order, before anything new
+        assert messages.pending == 0
+        for n in range(3, 10):  # far more than max_queued: nothing is queued
+            assert await broadcaster.publish("a", n) == 1
+            assert received[-1] == n  # inside publish(), no task switch
+        assert messages.ended is None
+        messages._receive_with(None)  # queued again, for an ordinary reader
+        await broadcaster.publish("a", 10)
+        assert received == list(range(1, 10))
+        assert await collect(messages, 1) == [10]
+
+
+async def test_one_memo_per_delivery_shared_by_every_receiver():
+    broadcaster = InMemoryBroadcaster()
+    memos: list[dict[object, object]] = []
+
+    def receive(message: object, memo: dict[object, object]) -> None:
+        memo.setdefault("encoded", f"<{message}>")
+        memos.append(memo)
+
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(3):
+            subscription = await stack.enter_async_context(broadcaster.subscribe("a"))
+            subscription._receive_with(receive)
+        await broadcaster.publish("a", "first")
+        await broadcaster.publish("a", "second")
+    assert len(memos) == 6
+    assert all(memo is memos[0] for memo in memos[:3])
+    assert all(memo is memos[3] for memo in memos[3:])
+    assert memos[0] is not memos[3]
+    assert (memos[0]["encoded"], memos[3]["encoded"]) == ("<first>", "<second>")
+
+
+async def test_until_woken_returns_on_a_wake_or_the_end():
+    broadcaster = InMemoryBroadcaster()
+    async with broadcaster.subscribe("a") as messages:
+        messages._receive_with(lambda message, memo: None)
+        waiting = asyncio.ensure_future(messages._until_woken())
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        await broadcaster.publish("a", "taken by the receiver")
+        await asyncio.sleep(0.01)
+        assert not waiting.done()  # a message for the receiver is no wake-up
+        messages._wake()
+        await asyncio.wait_for(waiting, 1)
+        waiting = asyncio.ensure_future(messages._until_woken())
+        await asyncio.sleep(0)
+        await broadcaster.close()
+        await asyncio.wait_for(waiting, 1)
+        assert messages.ended is EndReason.BROADCASTER_CLOSED
+        await asyncio.wait_for(messages._until_woken(), 1)  # ended: returns at once

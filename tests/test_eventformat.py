@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from tests.sse_client import parse_events
 from tornado_jsonservlet.eventformat import (
     MAX_EVENT_ID_LENGTH,
+    ServerSentEvent,
     format_comment,
     format_event,
     parse_last_event_id,
@@ -131,3 +132,82 @@ def test_last_event_id_parser_only_accepts_what_could_be_sent(raw):
     if value is not None:
         # Anything accepted can be sent back as an id unchanged.
         assert parse_events(format_event("x", id=value).decode())[0][0].id == value
+
+
+# -- ServerSentEvent: checked and encoded once, at creation --------------------------
+
+
+def test_server_sent_event_is_encoded_at_creation():
+    event = ServerSentEvent({"k": "é"}, event="update", id=7, retry=1000)
+    assert event.encoded == 'event: update\nid: 7\nretry: 1000\ndata: {"k":"é"}\n\n'.encode()
+    assert (event.data, event.event, event.id, event.retry) == ({"k": "é"}, "update", 7, 1000)
+    assert ServerSentEvent("a\nb").encoded == b"data: a\ndata: b\n\n"
+    assert repr(event) == "ServerSentEvent({'k': 'é'}, event='update', id=7)"
+
+
+def test_server_sent_event_is_immutable():
+    event = ServerSentEvent("x", id=1)
+    encoded = event.encoded
+    for name in ("data", "event", "id", "retry", "encoded", "other"):
+        with pytest.raises(AttributeError, match="immutable"):
+            setattr(event, name, "changed")
+        with pytest.raises(AttributeError, match="immutable"):
+            delattr(event, name)
+    assert (event.data, event.id, event.encoded) == ("x", 1, encoded)
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"event": "a\nb"}, ValueError),
+        ({"event": "a\rb"}, ValueError),
+        ({"id": "a\r\nb"}, ValueError),
+        ({"id": "a\x00b"}, ValueError),
+        ({"id": "x" * 60_000}, ValueError),  # 60 KB
+        ({"id": "é" * (MAX_EVENT_ID_LENGTH + 1)}, ValueError),  # non-ASCII, one over
+        ({"id": "lone \ud800"}, UnicodeEncodeError),
+        ({"event": "lone \udfff"}, UnicodeEncodeError),
+        ({"data": "lone \ud800"}, UnicodeEncodeError),
+        ({"data": {1, 2}}, TypeError),
+        ({"data": float("nan")}, ValueError),
+        ({"retry": -1}, ValueError),
+        ({"retry": True}, TypeError),
+        ({"id": 1.5}, TypeError),
+    ],
+)
+def test_server_sent_event_refuses_bad_fields_when_created(fields, error):
+    arguments = {"data": "data", **fields}
+    with pytest.raises(error):
+        ServerSentEvent(**arguments)
+
+
+def test_server_sent_event_accepts_non_ascii_and_large_values():
+    assert ServerSentEvent("ü", event="é", id="☃").encoded == (
+        "event: é\nid: ☃\ndata: ü\n\n".encode()
+    )
+    assert ServerSentEvent("x", id="é" * MAX_EVENT_ID_LENGTH).id == "é" * MAX_EVENT_ID_LENGTH
+    big = ServerSentEvent("x" * 60_000, retry=2**64)
+    assert big.encoded == b"retry: 18446744073709551616\ndata: " + b"x" * 60_000 + b"\n\n"
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | _text,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_text, inner, max_size=4),
+    max_leaves=10,
+)
+
+
+@given(
+    data=_json,
+    event=st.none() | _text,
+    id_=st.none() | _text | st.integers(),
+    retry=st.none() | st.integers(-3, 10**12),
+)
+def test_server_sent_event_encodes_exactly_as_format_event(data, event, id_, retry):
+    try:
+        expected = format_event(data, event=event, id=id_, retry=retry)
+    except ValueError as error:
+        with pytest.raises(type(error)):
+            ServerSentEvent(data, event=event, id=id_, retry=retry)
+        return
+    assert ServerSentEvent(data, event=event, id=id_, retry=retry).encoded == expected

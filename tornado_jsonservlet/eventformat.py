@@ -125,6 +125,9 @@ class ServerSentEvent:
         # Immutable, so that ``encoded`` always matches the fields.
         raise AttributeError(f"ServerSentEvent is immutable; cannot set {name!r}")
 
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"ServerSentEvent is immutable; cannot delete {name!r}")
+
     def __repr__(self) -> str:
         return f"ServerSentEvent({self.data!r}, event={self.event!r}, id={self.id!r})"
 

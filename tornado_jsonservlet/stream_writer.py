@@ -39,6 +39,14 @@ def _resolve(waiter: Optional[asyncio.Future[None]]) -> None:
         waiter.set_result(None)
 
 
+def _fail(waiter: Optional[asyncio.Future[None]], error: Exception) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_exception(error)
+        # Marked as retrieved: a relay sends without awaiting, and its senders
+        # learn of the error otherwise. Whoever awaits the waiter still gets it.
+        waiter.exception()
+
+
 class OrderedWriter:
     """Writes chunks in order with at most one write in flight; see the module doc."""
 
@@ -48,7 +56,9 @@ class OrderedWriter:
         self._write = write
         #: Bytes handed to :meth:`send` that the connection has not finished writing.
         self.buffered = 0
-        self._in_flight = 0
+        # Bytes of the write in flight; None when there is none. An empty chunk
+        # can be in flight too (the headers, and what was written before them).
+        self._in_flight: Optional[int] = None
         self._in_flight_waiter: Optional[asyncio.Future[None]] = None
         self._queue: list[bytes] = []
         self._queue_waiter: Optional[asyncio.Future[None]] = None
@@ -56,16 +66,18 @@ class OrderedWriter:
     @property
     def idle(self) -> bool:
         """True when nothing is being written or waiting to be."""
-        return self.buffered == 0
+        return self._in_flight is None and not self._queue
 
     def send(self, data: bytes) -> Optional[asyncio.Future[None]]:
         """Write ``data`` after everything sent before.
 
         Returns ``None`` when the connection took it at once, otherwise a future
-        resolved once it is flushed. Exceptions raised by the write function
-        (a framing error, say) propagate.
+        resolved once it is flushed. An exception raised by the write function (a
+        framing error, say) propagates here when ``data`` is written at once; for
+        data written later, when the write before it completes, it fails the
+        returned future instead.
         """
-        if self._in_flight or self._queue:
+        if self._in_flight is not None or self._queue:
             self._queue.append(data)
             self.buffered += len(data)
             if self._queue_waiter is None:
@@ -106,8 +118,8 @@ class OrderedWriter:
     def _written(self, written: asyncio.Future[None]) -> None:
         if not written.cancelled():
             written.exception()
-        self.buffered -= self._in_flight
-        self._in_flight = 0
+        self.buffered -= self._in_flight or 0
+        self._in_flight = None
         waiter, self._in_flight_waiter = self._in_flight_waiter, None
         _resolve(waiter)
         if self._queue:
@@ -115,4 +127,8 @@ class OrderedWriter:
             self._queue.clear()
             self.buffered -= len(data)
             queued_waiter, self._queue_waiter = self._queue_waiter, None
-            self._start(data, queued_waiter)
+            try:
+                self._start(data, queued_waiter)
+            except Exception as error:
+                # A callback has no caller to raise to: the batch's senders get it.
+                _fail(queued_waiter, error)

@@ -52,6 +52,7 @@ import math
 from collections.abc import AsyncIterable, Awaitable
 from typing import Any, ClassVar, NoReturn, Optional, TypeVar, Union
 
+from tornado.httputil import HTTPOutputError
 from tornado.iostream import IOStream, StreamClosedError
 
 from .broadcast import EndReason, Subscription
@@ -216,7 +217,13 @@ class StreamingResponseMixin(CancelOnDisconnectMixin):
         ``IOStream.write`` itself does first), else through the connection. For a
         small event that is a third of the cost, which is what a fan-out to
         thousands of clients is made of.
+
+        Once the response is finished, a chunk still queued (a spawned sender's,
+        cancelled with the request) is dropped: written now, it would follow the
+        terminating chunk, where the next response on the connection begins.
         """
+        if self._finished:
+            return _written()
         if self._direct_stream is not None:
             stream = self._direct_stream
             if not stream.writing() and not stream.closed():
@@ -246,7 +253,14 @@ class StreamingResponseMixin(CancelOnDisconnectMixin):
     def _write_through_connection(self, data: bytes) -> asyncio.Future[None]:
         connection = self.request.connection
         assert connection is not None
-        return self._without_stream_closed(connection.write(data))
+        try:
+            written = connection.write(data)
+        except HTTPOutputError:
+            # More than a Content-Length set by the application: Tornado closed
+            # the stream, a server error that flush() reports the same way.
+            self._note_server_closed_stream()
+            raise
+        return self._without_stream_closed(written)
 
     def _choose_direct_writes(self) -> None:
         # Decided once the headers are out: only then is the framing known.
@@ -410,8 +424,10 @@ class EventStreamMixin(StreamingResponseMixin):
         why the subscription ended (``subscription.ended``) once everything
         before that is flushed.
 
-        :raises TypeError: a message JSON cannot represent (the stream has
-            started, so the connection is then aborted).
+        :raises TypeError: a message JSON cannot represent, or whatever else
+            encoding or writing a message raised (the stream has started, so the
+            connection is then aborted). The publisher and the other
+            subscribers are not affected.
         :raises StreamClosedError: the client left and this request is not
             cancelled on disconnect.
         """
@@ -420,17 +436,21 @@ class EventStreamMixin(StreamingResponseMixin):
         encode_key = ("sse", event)
 
         def receive(message: Any, memo: dict[Any, Any]) -> None:
+            # Runs inside publish(): whatever goes wrong here is this handler's
+            # failure, raised by relay_events, never the publisher's (an encoder
+            # may raise anything, an application-set Content-Length makes the
+            # write raise), and the other subscribers still get the message.
             if failures or self._dropping or not self._connected():
                 return
-            data = memo.get(encode_key)
-            if data is None:
-                try:
+            try:
+                data = memo.get(encode_key)
+                if data is None:
                     data = memo[encode_key] = _event_bytes(message, event)
-                except (TypeError, ValueError) as error:
-                    failures.append(error)
-                    messages._wake()
-                    return
-            self._send_now(data)
+                self._send_now(data)
+            except Exception as error:
+                failures.append(error)
+                messages._wake()
+                return
             if self._slow_client_closed():
                 messages._wake()
 
