@@ -24,6 +24,7 @@ so a deployment configuration can be checked as it will run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -274,6 +275,7 @@ class Chromium(_Process):
                 ],
                 stdout=out,
                 stderr=out,
+                start_new_session=True,  # its own process group: stop() ends its helpers too
             )
         _wait_for_port(self.port, self.process, "chromium", log)
         return self
@@ -293,8 +295,22 @@ class Chromium(_Process):
             time.sleep(0.1)
 
     def stop(self) -> None:
+        process = self.process
         super().stop()
-        self._profile.cleanup()
+        if process is not None:
+            # Chromium's helper processes (zygote, renderers) may still be writing
+            # to the profile after the browser process exited; end the group.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self._profile.cleanup()
+                return
+            except OSError:  # a helper wrote a last file while the tree was removed
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     def __enter__(self) -> Chromium:
         return self.start()

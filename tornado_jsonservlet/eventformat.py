@@ -91,10 +91,12 @@ def format_event(
 class ServerSentEvent:
     """An event with its fields, checked and encoded once when it is created.
 
-    Publish one of these to a :class:`~tornado_jsonservlet.broadcast.Broadcaster`
-    when subscribers relay a channel as server-sent events: every subscriber then
-    sends the same bytes, and a bad field is a ``ValueError`` at the publisher,
-    not at each subscriber. ``send_event`` accepts one too.
+    Publish one of these to an
+    :class:`~tornado_jsonservlet.broadcast.InMemoryBroadcaster` when subscribers
+    relay a channel as server-sent events: every subscriber then sends the same
+    bytes, and a bad field is a ``ValueError`` at the publisher, not at each
+    subscriber. (A ``RedisBroadcaster`` carries JSON, so publish plain messages
+    there.) ``send_event`` accepts one too, without other fields.
 
     :raises ValueError, TypeError: as :func:`format_event`.
     """

@@ -223,7 +223,7 @@ class StreamingResponseMixin(CancelOnDisconnectMixin):
         terminating chunk, where the next response on the connection begins.
         """
         if self._finished:
-            return _written()
+            return None
         if self._direct_stream is not None:
             stream = self._direct_stream
             if not stream.writing() and not stream.closed():
@@ -415,8 +415,8 @@ class EventStreamMixin(StreamingResponseMixin):
         the message is written to this client from inside ``publish()``, with
         no task woken per subscriber, and encoded once per publish rather than
         once per subscriber. A :class:`ServerSentEvent` message is sent with its
-        own fields (its id lets clients resume); any other message is sent as
-        ``data`` (JSON unless a ``str``) with ``event``.
+        own fields, whatever ``event`` says (its id lets clients resume); any
+        other message is sent as ``data`` (JSON unless a ``str``) with ``event``.
 
         Everything else is as with :meth:`send_event`: the heartbeat, the
         ``max_buffered_bytes`` bound (a client further behind is disconnected,
