@@ -230,6 +230,21 @@ class Plain(tornado.web.RequestHandler):
         self.write("plain")
 
 
+class Prepared(EventStreamMixin, tornado.web.RequestHandler):
+    """``/prepared``: sends ServerSentEvents with ``send_event``; a misuse is reported
+    in the stream itself (as a comment) so the test can see the error's text."""
+
+    heartbeat_interval = None
+
+    async def get(self) -> None:
+        await self.send_event(ServerSentEvent({"n": 1}, event="tick", id=1))
+        try:
+            await self.send_event(ServerSentEvent({"n": 2}, id=2), event="other")
+        except TypeError as error:
+            await self.send_comment(str(error))
+        await self.send_event(ServerSentEvent("last", id=3, retry=500))
+
+
 def make_app(
     probe: Probe, broadcaster: InMemoryBroadcaster, **settings: Any
 ) -> tornado.web.Application:
@@ -246,6 +261,7 @@ def make_app(
             (r"/ends-early", EndsWithASendQueued, shared),
             (r"/length", Length, shared),
             (r"/plain", Plain),
+            (r"/prepared", Prepared),
         ],
         **settings,
     )
@@ -468,6 +484,23 @@ async def test_http_1_0_client_gets_the_events_raw_and_the_connection_closes(
     await probe.wait_finished()
     await settle()
     assert statuses(caplog, "/relay/c") == [200]
+
+
+async def test_send_event_sends_a_server_sent_event_as_it_was_encoded(http_client, base_url):
+    response = await http_client.fetch(f"{base_url}/prepared", request_timeout=10)
+    first = ServerSentEvent({"n": 1}, event="tick", id=1)
+    last = ServerSentEvent("last", id=3, retry=500)
+    body = response.body
+    assert body.startswith(first.encoded)
+    assert body.endswith(last.encoded)
+    # Fields given beside a ServerSentEvent are refused, and nothing of it is sent.
+    assert b"carries its own event, id and retry" in body
+    assert b'"n":2' not in body
+    events, comments = parse_events(body.decode())
+    assert [(e.data, e.id) for e in events] == [('{"n":1}', "1"), ("last", "3")]
+    assert events[0].event == "tick"
+    assert events[1].retry == 500
+    assert any("carries its own event, id and retry" in comment for comment in comments)
 
 
 async def test_chunked_framing_parses_with_tornados_client(http_client, base_url, broadcaster):

@@ -392,10 +392,16 @@ class EventStreamMixin(StreamingResponseMixin):
 
         :raises ValueError: ``event`` or ``id`` containing a line break (and ``id``
             a NUL), or a negative ``retry``. Nothing is sent.
-        :raises TypeError: data that JSON cannot represent. Nothing is sent.
+        :raises TypeError: data that JSON cannot represent, or a
+            :class:`ServerSentEvent` given with other fields. Nothing is sent.
         :raises StreamClosedError: see :meth:`~StreamingResponseMixin.send_bytes`.
         """
-        if isinstance(data, ServerSentEvent) and event is None and id is None and retry is None:
+        if isinstance(data, ServerSentEvent):
+            if event is not None or id is not None or retry is not None:
+                raise TypeError(
+                    "a ServerSentEvent carries its own event, id and retry; "
+                    "give them when creating it"
+                )
             await self.send_bytes(data.encoded)
         else:
             await self.send_bytes(format_event(data, event=event, id=id, retry=retry))
