@@ -32,23 +32,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-CLIENT = """
-import json, os, socket, struct, sys, time
-port, count = int(sys.argv[1]), int(sys.argv[2])
-closed = {}
-for index in range(count):
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-    sock.sendall(f"GET /wait/r{index} HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n".encode())
-    received = b""
-    while b"\\r\\n\\r\\n" not in received:
-        received += sock.recv(4096)
-    if index % 2:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    closed[f"r{index}"] = time.monotonic()
-    sock.close()
-    time.sleep(0.005)
-print(json.dumps(closed))
-"""
+# The client process: loadgen's clients, one server, the close times as JSON.
+CLIENT = (
+    "import json, sys; sys.path.insert(0, sys.argv[1]); import loadgen; "
+    "print(json.dumps(loadgen.leave_after_headers({'s': int(sys.argv[2])}, int(sys.argv[3]))['s']))"
+)
 
 
 def summary(values: list[float]) -> str:
@@ -75,7 +63,7 @@ async def run(count: int) -> None:
         port = probe_sock.getsockname()[1]
     apps.make_app("toolkit").listen(port, address="127.0.0.1")
     client = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", CLIENT, str(port), str(count), stdout=subprocess.PIPE
+        sys.executable, "-c", CLIENT, str(HERE), str(port), str(count), stdout=subprocess.PIPE
     )
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2:
         os.sched_setaffinity(client.pid, {1})

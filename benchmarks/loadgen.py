@@ -181,6 +181,29 @@ def interleaved_disconnect_latencies(
 ) -> dict[str, Optional[list[float]]]:
     """:func:`disconnect_latencies` for several servers, taking turns one disconnect
     at a time, so that drift on the machine reaches every server alike."""
+    closed_at = leave_after_headers(ports, count, wait=wait)
+    time.sleep(0.3)
+    results: dict[str, Optional[list[float]]] = {}
+    for name, port in ports.items():
+        cancelled_at = _cancellation_stamps(port)
+        results[name] = (
+            sorted(
+                (cancelled_at[i] - closed) * 1000
+                for i, closed in closed_at[name].items()
+                if i in cancelled_at
+            )
+            if cancelled_at
+            else None
+        )
+    return results
+
+
+def leave_after_headers(
+    ports: dict[str, int], count: int, *, wait: str = "/wait"
+) -> dict[str, dict[str, float]]:
+    """``count`` clients per server, taking turns: each requests ``{wait}/r{index}``,
+    reads the headers, and closes (FIN and RST alternating). Returns, per server,
+    ``time.monotonic()`` at each close, by ident."""
     closed_at: dict[str, dict[str, float]] = {name: {} for name in ports}
     for index in range(count):
         ident = f"r{index}"
@@ -198,20 +221,7 @@ def interleaved_disconnect_latencies(
             closed_at[name][ident] = time.monotonic()
             sock.close()
             time.sleep(0.005)
-    time.sleep(0.3)
-    results: dict[str, Optional[list[float]]] = {}
-    for name, port in ports.items():
-        cancelled_at = _cancellation_stamps(port)
-        results[name] = (
-            sorted(
-                (cancelled_at[i] - closed) * 1000
-                for i, closed in closed_at[name].items()
-                if i in cancelled_at
-            )
-            if cancelled_at
-            else None
-        )
-    return results
+    return closed_at
 
 
 def _cancellation_stamps(port: int) -> dict[str, float]:

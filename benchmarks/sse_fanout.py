@@ -1,6 +1,6 @@
 """P9-P11: many SSE clients on one process, fed by an InMemoryBroadcaster.
 
-Usage: ``python benchmarks/sse_fanout.py [--clients 2000] [--publishes 50] [--interval 0.2]
+Usage: ``python benchmarks/sse_fanout.py [--clients 2000] [--publishes 200] [--interval 0.2]
 [--loop]``
 
 The server relays the channel with ``relay_events()``; ``--loop`` measures the
@@ -93,7 +93,7 @@ async def run(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=2000)
-    parser.add_argument("--publishes", type=int, default=50)
+    parser.add_argument("--publishes", type=int, default=200)
     parser.add_argument("--interval", type=float, default=0.2)
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument(

@@ -58,6 +58,26 @@ class Probe:
         await asyncio.wait_for(self.finished.wait(), timeout)
 
 
+class ProbeStream:
+    """Life-cycle reporting for streaming test handlers, mixed in before the mixins.
+
+    Route kwargs ``probe`` and ``broadcaster``; ``on_finish`` records the status and
+    sets ``probe.finished``.
+    """
+
+    probe: Probe
+    broadcaster: Any
+
+    def initialize(self, probe: Probe, broadcaster: Any) -> None:
+        self.probe = probe
+        self.broadcaster = broadcaster
+
+    def on_finish(self) -> None:
+        self.probe.hit("on_finish")
+        self.probe.values["status"] = self.get_status()  # type: ignore[attr-defined]
+        self.probe.finished.set()
+
+
 class ProbeHandler(CancelOnDisconnectMixin, tornado.web.RequestHandler):
     """Reports its life cycle to a :class:`Probe`."""
 

@@ -30,7 +30,7 @@ from tornado.httpclient import AsyncHTTPClient
 from tornado.iostream import IOStream, StreamClosedError
 
 from tests.sse_client import StreamReader, parse_events
-from tests.support import Probe, access_lines, settle
+from tests.support import Probe, ProbeStream, access_lines, settle
 from tornado_jsonservlet import EndReason, EventStreamMixin, InMemoryBroadcaster, JsonErrorMixin
 from tornado_jsonservlet.eventformat import ServerSentEvent, format_event
 from tornado_jsonservlet.testing import RawHTTPConnection
@@ -45,26 +45,15 @@ SERVER_SNDBUF = 8192
 CLIENT_RCVBUF = 4096
 
 
-class ProbeStream:
-    """Reports to the test's probe; every handler of a test shares it."""
-
-    probe: Probe
-    broadcaster: InMemoryBroadcaster
-
-    def initialize(self, probe: Probe, broadcaster: InMemoryBroadcaster) -> None:
-        self.probe = probe
-        self.broadcaster = broadcaster
-
-    def on_finish(self) -> None:
-        self.probe.hit("on_finish")
-        self.probe.finished.set()
+class RelayProbeStream(ProbeStream):
+    """The shared probe reporting, plus a way to shrink the server's send buffer."""
 
     def small_send_buffer(self) -> None:
         stream = self.request.connection.stream  # type: ignore[attr-defined]
         stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SERVER_SNDBUF)
 
 
-class Relay(ProbeStream, EventStreamMixin, JsonErrorMixin, tornado.web.RequestHandler):
+class Relay(RelayProbeStream, EventStreamMixin, JsonErrorMixin, tornado.web.RequestHandler):
     """``/relay/<channel>``: relays the channel until it ends.
 
     ``?event=`` names plain messages; ``?sndbuf=1`` shrinks the server's send
@@ -126,7 +115,7 @@ class Padded(Beating):
         await super().get(channel)
 
 
-class Resume(ProbeStream, EventStreamMixin, JsonErrorMixin, tornado.web.RequestHandler):
+class Resume(RelayProbeStream, EventStreamMixin, JsonErrorMixin, tornado.web.RequestHandler):
     """The resume pattern: subscribe, replay the history after Last-Event-ID, relay."""
 
     heartbeat_interval = None
@@ -144,7 +133,7 @@ class Resume(ProbeStream, EventStreamMixin, JsonErrorMixin, tornado.web.RequestH
             await self.relay_events(messages)
 
 
-class Senders(ProbeStream, EventStreamMixin, tornado.web.RequestHandler):
+class Senders(RelayProbeStream, EventStreamMixin, tornado.web.RequestHandler):
     """Five tasks send to one slow client; the third small one is cancelled while it waits."""
 
     heartbeat_interval = None
@@ -177,7 +166,7 @@ class Senders(ProbeStream, EventStreamMixin, tornado.web.RequestHandler):
         self.probe.values["done"] = list(done)
 
 
-class EndsWithASendQueued(ProbeStream, EventStreamMixin, tornado.web.RequestHandler):
+class EndsWithASendQueued(RelayProbeStream, EventStreamMixin, tornado.web.RequestHandler):
     """Returns while a spawned send still waits behind a big one in flight."""
 
     heartbeat_interval = None
@@ -192,7 +181,7 @@ class EndsWithASendQueued(ProbeStream, EventStreamMixin, tornado.web.RequestHand
         self.probe.values["buffered_at_return"] = self.buffered_bytes
 
 
-class Length(ProbeStream, EventStreamMixin, JsonErrorMixin, tornado.web.RequestHandler):
+class Length(RelayProbeStream, EventStreamMixin, JsonErrorMixin, tornado.web.RequestHandler):
     """A stream with a Content-Length set by the application (a programming error).
 
     ``?mode=sequential`` sends three events in turn; ``concurrent`` sends a big

@@ -16,7 +16,7 @@ import tornado.web
 from tornado.iostream import StreamClosedError
 
 from tests.sse_client import StreamReader, parse_events
-from tests.support import Probe, access_statuses, messages, settle
+from tests.support import Probe, ProbeStream, access_statuses, messages, settle
 from tornado_jsonservlet import (
     EventStreamMixin,
     EventStreamServlet,
@@ -33,22 +33,6 @@ from tornado_jsonservlet.testing import RawHTTPConnection
 pytestmark = pytest.mark.gen_test
 
 HOW = pytest.mark.parametrize("how", ["fin", "rst"])
-
-
-class ProbeStream:
-    """Life-cycle reporting shared by the handlers below."""
-
-    probe: Probe
-    broadcaster: InMemoryBroadcaster
-
-    def initialize(self, probe: Probe, broadcaster: InMemoryBroadcaster) -> None:
-        self.probe = probe
-        self.broadcaster = broadcaster
-
-    def on_finish(self) -> None:
-        self.probe.hit("on_finish")
-        self.probe.values["status"] = self.get_status()  # type: ignore[attr-defined]
-        self.probe.finished.set()
 
 
 class SubscribedEvents(ProbeStream, EventStreamMixin, JsonErrorMixin, tornado.web.RequestHandler):

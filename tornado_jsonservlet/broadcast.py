@@ -128,11 +128,7 @@ class Subscription:
                 return self._queue.popleft()
             if self.ended is not None:
                 raise StopAsyncIteration
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await waiter
-            finally:
-                self._waiter = None
+            await self._until_woken()
 
     def __repr__(self) -> str:
         state = self.ended.value if self.ended is not None else "open"
@@ -156,8 +152,8 @@ class Subscription:
     async def _until_woken(self) -> None:
         """Wait until the subscription ends or :meth:`_wake` is called.
 
-        For a relay, whose receiver takes the messages: it waits here between
-        checks of its own conditions.
+        Iteration waits here for the next message; a relay, whose receiver takes
+        the messages, waits here between checks of its own conditions.
         """
         if self.ended is not None:
             return

@@ -224,9 +224,9 @@ class StreamingResponseMixin(CancelOnDisconnectMixin):
         """
         if self._finished:
             return None
-        if self._direct_stream is not None:
+        if self._direct_writes:
             stream = self._direct_stream
-            if not stream.writing() and not stream.closed():
+            if stream is not None and not stream.writing() and not stream.closed():
                 framed = b"%x\r\n%b\r\n" % (len(data), data) if data else data
                 try:
                     sent = stream.socket.send(framed)
@@ -235,8 +235,6 @@ class StreamingResponseMixin(CancelOnDisconnectMixin):
                 if sent == len(framed):
                     return None
                 return self._without_stream_closed(stream.write(framed[sent:]))
-            return self._write_through_connection(data)
-        if self._direct_writes:
             return self._write_through_connection(data)
         first = not self._stream_started
         if first:
@@ -279,12 +277,6 @@ class StreamingResponseMixin(CancelOnDisconnectMixin):
         # A method, not the property: the answer changes across awaits.
         return not self.client_disconnected
 
-    async def _drained(self) -> None:
-        """Wait until everything sent so far is flushed (or the client is gone)."""
-        writer = self._writer
-        if writer is not None:
-            await writer.drained()
-
     def _disable_nagle(self) -> None:
         # Events are small and latency matters; Tornado only sets TCP_NODELAY
         # when a response finishes.
@@ -298,9 +290,6 @@ class StreamingResponseMixin(CancelOnDisconnectMixin):
         # the producer with an exception that is never logged.
         await asyncio.sleep(0)
         raise StreamClosedError(real_error=None)
-
-    def _slow_client_closed(self) -> bool:
-        return self._dropping
 
     def _close_slow_client(self, behind: int) -> None:
         if self._dropping:
@@ -456,16 +445,13 @@ class EventStreamMixin(StreamingResponseMixin):
             except Exception as error:
                 failures.append(error)
                 messages._wake()
-                return
-            if self._slow_client_closed():
-                messages._wake()
 
         messages._receive_with(receive)
+        # A departed client wakes the loop below; so does a slow one, whose
+        # connection _send_now closed (that close is a disconnect too).
         self.add_disconnect_callback(messages._wake)
         try:
-            while messages.ended is None and not failures and not self._dropping:
-                if not self._connected():
-                    break
+            while messages.ended is None and not failures and self._connected():
                 await messages._until_woken()
         finally:
             messages._receive_with(None)
@@ -473,8 +459,8 @@ class EventStreamMixin(StreamingResponseMixin):
             raise failures[0]
         if self._dropping:
             await self._wait_until_dropped()
-        if self._connected():
-            await self._drained()
+        if self._connected() and self._writer is not None:
+            await self._writer.drained()
         if not self._connected():
             await self._stop_producer()
         return messages.ended
