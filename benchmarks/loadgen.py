@@ -143,21 +143,34 @@ def _ms(text: str) -> float:
 
 
 def p99_under_load(
-    base: str, duration: float, *, small: str = "/small", big: str = "/big"
+    base: str,
+    duration: float,
+    *,
+    small: str = "/small",
+    big: str = "/big",
+    background: Optional[dict[str, float]] = None,
 ) -> tuple[float, float]:
-    """(unloaded p99, p99 while two clients fetch 1 MB responses) of ``small``, in ms."""
+    """(unloaded p99, p99 while two clients fetch 1 MB responses) of ``small``, in ms.
+
+    ``background``, if given, receives ``rps``: the big responses per second the two
+    clients got meanwhile (the price a server pays for keeping small requests fast).
+    """
     time.sleep(1.0)  # let responses still in flight from the previous run drain
     unloaded = wrk(base + small, connections=1, duration=duration, latency=True)["p99_ms"]
     seconds = max(1, round(duration))
-    background = subprocess.Popen(
+    loader = subprocess.Popen(
         ["wrk", "-t1", "-c2", f"-d{seconds + 2}s", base + big],
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         time.sleep(1)
         loaded = wrk(base + small, connections=1, duration=duration, latency=True)["p99_ms"]
     finally:
-        background.wait(timeout=seconds + 30)
+        out, _ = loader.communicate(timeout=seconds + 30)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if background is not None and rps is not None:
+        background["rps"] = float(rps.group(1))
     return unloaded, loaded
 
 

@@ -157,6 +157,8 @@ class JsonResponseMixin(tornado.web.RequestHandler):
         elif self.request.method == "HEAD":
             return self._write_head(status, None)
         body = encode(obj, canonical=canonical)
+        # A small response is interactive work: big ones in flight make room for it.
+        lane_for_running_loop().note_interactive()
         self._start_json(status)
         return self.finish(body)
 

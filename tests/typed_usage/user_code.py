@@ -23,6 +23,7 @@ from tornado_jsonservlet import (
     ServletRegistry,
     require,
 )
+from tornado_jsonservlet.lowpriority import LowPriorityLane, lane_for_running_loop
 from tornado_jsonservlet.registry import UrlRule
 
 if TYPE_CHECKING:
@@ -122,3 +123,13 @@ ApiHandler.add_error_handler(KeyError, missing_row)  # a KeyError is a LookupErr
 ApiHandler.add_error_handler(ConnectionError, db_down)
 ApiHandler.add_error_handler(ValueError, db_down)  # type: ignore[arg-type]
 PlainApi.add_error_handler(ConnectionError, db_down)  # type: ignore[arg-type]
+
+
+def interactive_work_without_write_json() -> None:
+    """A handler that answers with plain ``write`` asks big responses to make room."""
+    lane = lane_for_running_loop()
+    lane.note_interactive()
+    if TYPE_CHECKING:
+        assert_type(lane.yielding_to_interactive, bool)
+        assert_type(lane.bulk_share, float)
+    LowPriorityLane(bulk_share="half")  # type: ignore[arg-type]

@@ -1,0 +1,111 @@
+"""The low-priority lane: bulk work waits for idle moments, and makes room for
+interactive work by leaving the CPU idle after each piece while it is recent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+import tornado.web
+from tornado.httpclient import AsyncHTTPClient
+
+from tornado_jsonservlet import JsonResponseMixin
+from tornado_jsonservlet.lowpriority import LowPriorityLane, lane_for_running_loop
+
+pytestmark = pytest.mark.gen_test
+
+#: Long enough that no scheduling noise on a loaded CI machine can hide the pause.
+PIECE = 0.05
+
+
+def spin(seconds: float) -> float:
+    """Hold the CPU (as an encoder would) for ``seconds``; returns when it ended."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        pass
+    return time.perf_counter()
+
+
+async def gap_between_two_pieces(lane: LowPriorityLane) -> float:
+    first_ended = await lane.run(lambda: spin(PIECE))
+    second_started = await lane.run(time.perf_counter)
+    return second_started - first_ended
+
+
+async def test_without_interactive_work_pieces_follow_each_other() -> None:
+    lane = LowPriorityLane()
+    assert not lane.yielding_to_interactive
+    assert await gap_between_two_pieces(lane) < PIECE
+
+
+async def test_after_interactive_work_the_lane_idles_as_long_as_a_piece_took() -> None:
+    lane = LowPriorityLane()  # bulk_share 0.5: idle as long as the piece ran
+    lane.note_interactive()
+    assert lane.yielding_to_interactive
+    assert await gap_between_two_pieces(lane) >= PIECE
+
+
+async def test_bulk_share_sets_the_length_of_the_pause() -> None:
+    lane = LowPriorityLane(bulk_share=0.2)  # idle four times as long as the piece
+    lane.note_interactive()
+    assert await gap_between_two_pieces(lane) >= 4 * PIECE
+
+
+async def test_bulk_share_one_turns_the_pause_off() -> None:
+    lane = LowPriorityLane(bulk_share=1.0)
+    lane.note_interactive()
+    assert await gap_between_two_pieces(lane) < PIECE
+
+
+async def test_politeness_ends_after_the_window() -> None:
+    lane = LowPriorityLane(interactive_window=0.02)
+    lane.note_interactive()
+    await asyncio.sleep(0.03)
+    assert not lane.yielding_to_interactive
+    assert await gap_between_two_pieces(lane) < PIECE
+
+
+@pytest.mark.parametrize("share", [0.0, -0.5, 1.5])
+def test_bulk_share_outside_zero_to_one_is_refused(share: float) -> None:
+    with pytest.raises(ValueError, match="bulk_share"):
+        LowPriorityLane(bulk_share=share)
+
+
+class SmallJson(JsonResponseMixin, tornado.web.RequestHandler):
+    async def get(self) -> None:
+        await self.write_json({"ok": True})
+
+
+class BigJson(JsonResponseMixin, tornado.web.RequestHandler):
+    async def get(self) -> None:
+        await self.write_json([{"id": i, "name": f"item-{i}"} for i in range(20_000)])
+
+
+@pytest.fixture
+def app() -> tornado.web.Application:
+    return tornado.web.Application([(r"/small", SmallJson), (r"/big", BigJson)])
+
+
+async def test_a_small_write_json_response_makes_the_lane_yield(http_server, base_url) -> None:
+    client = AsyncHTTPClient()
+    big = await client.fetch(base_url + "/big")
+    assert len(json.loads(big.body)) == 20_000
+    assert not lane_for_running_loop().yielding_to_interactive  # bulk is not interactive
+    small = await client.fetch(base_url + "/small")
+    assert json.loads(small.body) == {"ok": True}
+    assert lane_for_running_loop().yielding_to_interactive
+
+
+async def test_big_response_is_complete_while_small_ones_keep_the_lane_polite(
+    http_server, base_url
+) -> None:
+    client = AsyncHTTPClient()
+    big = asyncio.ensure_future(client.fetch(base_url + "/big"))
+    smalls = 0
+    while not big.done():
+        assert json.loads((await client.fetch(base_url + "/small")).body) == {"ok": True}
+        smalls += 1
+    assert len(json.loads(big.result().body)) == 20_000
+    assert smalls > 1  # the big response was served beside a stream of small ones
