@@ -47,6 +47,27 @@ async def test_after_interactive_work_the_lane_idles_as_long_as_a_piece_took() -
     assert await gap_between_two_pieces(lane) >= PIECE
 
 
+async def test_a_piece_is_handed_back_at_once_the_pause_comes_before_the_next() -> None:
+    lane = LowPriorityLane()
+    lane.note_interactive()
+    ended = await lane.run(lambda: spin(PIECE))  # the last piece of a response, say
+    assert time.perf_counter() - ended < PIECE
+
+
+async def test_a_caller_cancelled_during_the_pause_runs_no_work() -> None:
+    lane = LowPriorityLane()
+    lane.note_interactive()
+    await lane.run(lambda: spin(PIECE))
+    ran: list[bool] = []
+    waiting = asyncio.ensure_future(lane.run(lambda: ran.append(True)))
+    await asyncio.sleep(PIECE / 5)  # inside the pause
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert ran == []
+    assert await lane.run(lambda: "next") == "next"  # the lane is free again
+
+
 async def test_bulk_share_sets_the_length_of_the_pause() -> None:
     lane = LowPriorityLane(bulk_share=0.2)  # idle four times as long as the piece
     lane.note_interactive()
@@ -88,7 +109,9 @@ def app() -> tornado.web.Application:
     return tornado.web.Application([(r"/small", SmallJson), (r"/big", BigJson)])
 
 
-async def test_a_small_write_json_response_makes_the_lane_yield(http_server, base_url) -> None:
+async def test_a_small_write_json_response_makes_the_lane_yield(
+    http_server: object, base_url: str
+) -> None:
     client = AsyncHTTPClient()
     big = await client.fetch(base_url + "/big")
     assert len(json.loads(big.body)) == 20_000
@@ -99,7 +122,7 @@ async def test_a_small_write_json_response_makes_the_lane_yield(http_server, bas
 
 
 async def test_big_response_is_complete_while_small_ones_keep_the_lane_polite(
-    http_server, base_url
+    http_server: object, base_url: str
 ) -> None:
     client = AsyncHTTPClient()
     big = asyncio.ensure_future(client.fetch(base_url + "/big"))

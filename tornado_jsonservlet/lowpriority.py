@@ -14,7 +14,7 @@ steady stream of slices. The lane instead treats bulk work as background work:
   them together still take at most one slice per idle moment.
 * While interactive work is being served (:meth:`LowPriorityLane.note_interactive`,
   which ``write_json`` calls for every small response), the lane also leaves the CPU
-  idle after each slice, for as long as the slice took. Yielding between slices is
+  idle between slices, for as long as the last slice took. Yielding between slices is
   not enough there. A small request takes several trips round the loop, and a slice
   may run before each of them. Also, a CPU that never idles makes every new arrival
   wait longer on a shared machine. On the 2-core test VM, a task that only burned CPU
@@ -57,43 +57,51 @@ class LowPriorityLane:
         #: The longest a piece of work waits for an idle moment (seconds).
         self.max_wait = max_wait
         #: The share of the CPU bulk work may take while interactive work is being
-        #: served; 1.0 turns the pause after each piece off.
+        #: served; 1.0 turns the pause between pieces off.
         self.bulk_share = bulk_share
         #: How long (seconds) one :meth:`note_interactive` keeps the lane polite.
         self.interactive_window = interactive_window
         self._interactive_at = -interactive_window
+        #: When the next piece may look for its idle moment (``time.perf_counter``).
+        self._resume_at = 0.0
         self._lock = asyncio.Lock()
 
     def note_interactive(self) -> None:
         """Report interactive work (a small response) served just now.
 
         For the next ``interactive_window`` seconds, bulk work leaves the CPU idle
-        after each piece, so that newly arriving requests find it ready. Call it
+        between pieces, so that newly arriving requests find it ready. Call it
         from handlers whose latency matters and that do not use ``write_json``.
         """
         self._interactive_at = time.perf_counter()
 
     @property
     def yielding_to_interactive(self) -> bool:
-        """True while the lane pauses after each piece (interactive work is recent)."""
+        """True while the lane pauses between pieces (interactive work is recent)."""
         return time.perf_counter() - self._interactive_at < self.interactive_window
 
     async def run(self, work: Callable[[], _T]) -> _T:
         """Wait for an idle moment (or ``max_wait``), then call ``work()`` synchronously.
 
         ``work`` should take a couple of milliseconds at most: it blocks the loop.
-        While interactive work is recent, the lane then stays idle for
-        ``(1 - bulk_share) / bulk_share`` times as long as ``work()`` took (at least
-        one turn of the loop's poll, whose timeout the kernel rounds up to 1 ms)
-        before the next piece may run.
+        While interactive work is recent, the next piece then waits
+        ``(1 - bulk_share) / bulk_share`` times as long as ``work()`` took before it
+        looks for its idle moment. The pause is taken before the next piece, not
+        after this one, so the last piece of a response is not delayed, and a
+        caller cancelled meanwhile loses nothing it was given. On an otherwise idle
+        loop it can last up to 1 ms: the selector counts timeouts in milliseconds.
         """
         async with self._lock:
+            pause = self._resume_at - time.perf_counter()
+            if pause > 0:
+                await asyncio.sleep(pause)
             await self._idle_moment()
             started = time.perf_counter()
             result = work()
             if started - self._interactive_at < self.interactive_window:
-                took = time.perf_counter() - started
-                await asyncio.sleep(took * (1.0 - self.bulk_share) / self.bulk_share)
+                ended = time.perf_counter()
+                share = self.bulk_share
+                self._resume_at = ended + (ended - started) * (1.0 - share) / share
             return result
 
     def _idle_moment(self) -> asyncio.Future[None]:
