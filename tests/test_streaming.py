@@ -630,7 +630,7 @@ async def test_json_lines_unencodable_item_later_truncates_the_stream(port, prob
 
 async def test_a_producer_that_never_waits_does_not_hold_the_loop(http_client, base_url):
     """Every flush to a fast local client completes at once; the stream still
-    yields to the event loop, so other callbacks run every few milliseconds."""
+    yields to the event loop, so other callbacks keep running throughout."""
     gaps: list[float] = []
     running = True
 
@@ -644,12 +644,15 @@ async def test_a_producer_that_never_waits_does_not_hold_the_loop(http_client, b
 
     task = asyncio.ensure_future(ticker())
     try:
-        response = await http_client.fetch(f"{base_url}/lines?count=20000")
+        response = await http_client.fetch(f"{base_url}/lines?count=60000")
     finally:
         running = False
         await task
-    assert len(response.body.splitlines()) == 20000
-    assert max(gaps) < 0.05, max(gaps)
+    assert len(response.body.splitlines()) == 60000
+    # Yielding producers leave gaps of about 15 ms here; one that never yields
+    # leaves one of about 0.4 s. The bound sits between, with room for a loaded CI
+    # machine (a 3.9 run once saw 51 ms).
+    assert max(gaps) < 0.15, max(gaps)
 
 
 # -- long-poll -------------------------------------------------------------------
