@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Any
 
 import pytest
 import tornado.web
@@ -132,3 +133,29 @@ async def test_big_response_is_complete_while_small_ones_keep_the_lane_polite(
         smalls += 1
     assert len(json.loads(big.result().body)) == 20_000
     assert smalls > 1  # the big response was served beside a stream of small ones
+
+
+async def test_big_responses_take_smaller_slices_while_interactive_work_is_recent(
+    http_server: object, base_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Quiet: 128 KB slices, the fewest trips round the lane. Interactive: 32 KB,
+    so a small request waits less for the slice in progress."""
+    pieces = 0
+    run = LowPriorityLane.run
+
+    async def counted(self: LowPriorityLane, work: Any) -> Any:
+        nonlocal pieces
+        pieces += 1
+        return await run(self, work)
+
+    monkeypatch.setattr(LowPriorityLane, "run", counted)
+    client = AsyncHTTPClient()
+    quiet = await client.fetch(base_url + "/big")
+    quiet_pieces, pieces = pieces, 0
+    lane = lane_for_running_loop()
+    lane.interactive_window = 60.0  # stays interactive for the whole response
+    lane.note_interactive()
+    polite = await client.fetch(base_url + "/big")
+    assert polite.body == quiet.body
+    assert len(quiet.body) > 4 * 128 * 1024  # several slices even when quiet
+    assert pieces >= 3 * quiet_pieces, (pieces, quiet_pieces)

@@ -37,13 +37,20 @@ import tornado.web
 from .errors import BadRequest, PayloadTooLarge, ServletError, UnsupportedMediaType
 from .headers import MediaType, parse_content_length, parse_media_type
 from .jsonio import JSON_CONTENT_TYPE, decode, encode
-from .lowpriority import lane_for_running_loop
+from .lowpriority import LowPriorityLane, lane_for_running_loop
 
 __all__ = ["JsonBodyMixin", "JsonResponseMixin", "require"]
 
 _T = TypeVar("_T")
 
+# Bytes per slice of a big response, encoded or written. Each slice costs a trip
+# round the lane, so bigger slices serve big responses faster (128 KB instead of
+# 32 KB: 189 against 147 responses/s of 1 MB, four clients), but a small request
+# that arrives meanwhile waits for the slice in progress. So slices are small while
+# small responses are being served (the lane is yielding to interactive work), and
+# big otherwise.
 _SLICE_BYTES = 32 * 1024
+_SLICE_BYTES_WHEN_QUIET = 128 * 1024
 # Tornado compresses a response sent in one piece only from this size on.
 _GZIP_MIN_LENGTH = tornado.web.GZipContentEncoding.MIN_LENGTH
 _SAMPLE_ITEMS = 16
@@ -93,6 +100,10 @@ def _frame(obj: Any, key: Optional[str], canonical: bool) -> tuple[bytes, bytes]
     return before + b"[", b"]" + after
 
 
+def _slice_bytes(lane: LowPriorityLane) -> int:
+    return _SLICE_BYTES if lane.yielding_to_interactive else _SLICE_BYTES_WHEN_QUIET
+
+
 async def encode_in_slices(
     obj: Any,
     found: tuple[Optional[str], list[Any]],
@@ -102,21 +113,22 @@ async def encode_in_slices(
 ) -> list[bytes]:
     """Encode ``obj`` as chunks whose concatenation equals ``encode(obj)``.
 
-    ``found`` is ``_big_list(obj)``: the big list is encoded about 32 KB at a time,
-    each slice on the low-priority lane; the rest of the document is encoded once.
+    ``found`` is ``_big_list(obj)``: the big list is encoded a slice at a time (32 KB,
+    or 128 KB while no small responses are being served), each slice on the
+    low-priority lane; the rest of the document is encoded once.
     """
     key, items = found
     before, after = _frame(obj, key, canonical)
     chunks = [before]
     lane = lane_for_running_loop()
-    step = max(1, int(_SLICE_BYTES / max(per_item, 1.0)))
+    step = max(1, int(_slice_bytes(lane) / max(per_item, 1.0)))
     start = 0
     while start < len(items):
         stop = min(len(items), start + step)
         piece = await lane.run(functools.partial(encode, items[start:stop], canonical=canonical))
-        # Keep each slice near 32 KB: estimates from a sample can be far off.
+        # Keep each slice near its target: estimates from a sample can be far off.
         if len(piece) > 2:
-            step = max(1, int(step * _SLICE_BYTES / len(piece)))
+            step = max(1, int(step * _slice_bytes(lane) / len(piece)))
         if start:
             chunks.append(b",")
         chunks.append(piece[1:-1])
@@ -206,7 +218,7 @@ class JsonResponseMixin(tornado.web.RequestHandler):
         if self.request.method == "HEAD":
             self.finish()
             return
-        # Coalesce into ~32 KB writes; release each chunk as soon as it is queued.
+        # Coalesce into slice-sized writes; release each chunk as soon as it is queued.
         # Each write is low-priority work too: the kernel usually accepts it at
         # once, so the flushes would otherwise complete without yielding, and a
         # whole megabyte would be copied to the socket in one go (about 2 ms).
@@ -215,7 +227,8 @@ class JsonResponseMixin(tornado.web.RequestHandler):
 
         def write_slice() -> Awaitable[None]:
             pending = 0
-            while chunks and pending < _SLICE_BYTES:
+            target = _slice_bytes(lane)
+            while chunks and pending < target:
                 chunk = chunks.pop()
                 pending += len(chunk)
                 self.write(chunk)
