@@ -19,10 +19,11 @@ steady stream of slices. The lane instead treats bulk work as background work:
   may run before each of them. Also, a CPU that never idles makes every new arrival
   wait longer on a shared machine. On the 2-core test VM, a task that only burned CPU
   and yielded every 0.2 ms raised an idle server's small-request p50 from 0.4 to
-  1.2 ms and its p99 about threefold. With the pause, small-request p99 under two 1 MB
-  readers is about its unloaded value (median ratio 0.78, against 2.10 without). The
-  readers then got 64 instead of 92 responses/s. Big responses alone run at full
-  speed, as before: the pause ends ``interactive_window`` after the last small one.
+  1.2 ms and its p99 about threefold. With the pause, in three side-by-side runs of
+  five rounds, small-request p99 under two 1 MB readers fell from 4.4, 3.4 and 6.0 ms
+  to 2.1, 1.9 and 3.5 ms. The readers got 64 and 75 instead of 92 and 94 responses/s
+  (the first run did not count them). Big responses alone run at full speed: the
+  pause ends ``interactive_window`` after the last small response.
 
 Only public asyncio APIs are used; the idle test is a timing heuristic.
 """
