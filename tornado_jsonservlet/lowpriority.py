@@ -31,6 +31,7 @@ Only public asyncio APIs are used; the idle test is a timing heuristic.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import weakref
 from typing import Callable, TypeVar
@@ -51,21 +52,34 @@ class LowPriorityLane:
         bulk_share: float = 0.5,
         interactive_window: float = 0.05,
     ) -> None:
-        if not 0.0 < bulk_share <= 1.0:
-            raise ValueError(f"bulk_share must be in (0, 1], not {bulk_share!r}")
         #: A yield round trip faster than this (seconds) means nothing else ran.
         self.idle_gap = idle_gap
-        #: The longest a piece of work waits for an idle moment (seconds).
+        #: The longest a piece of work waits for an idle moment (seconds); also the
+        #: longest pause between two pieces, whatever one of them took.
         self.max_wait = max_wait
-        #: The share of the CPU bulk work may take while interactive work is being
-        #: served; 1.0 turns the pause between pieces off.
         self.bulk_share = bulk_share
         #: How long (seconds) one :meth:`note_interactive` keeps the lane polite.
         self.interactive_window = interactive_window
-        self._interactive_at = -interactive_window
+        self._interactive_at = -math.inf
         #: When the next piece may look for its idle moment (``time.perf_counter``).
         self._resume_at = 0.0
         self._lock = asyncio.Lock()
+
+    @property
+    def bulk_share(self) -> float:
+        """The share of the CPU bulk work may take while interactive work is being
+        served, in (0, 1]; 1.0 turns the pause between pieces off.
+
+        Checked when set, so that a bad value fails where it is configured rather
+        than in the middle of a response.
+        """
+        return self._bulk_share
+
+    @bulk_share.setter
+    def bulk_share(self, share: float) -> None:
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"bulk_share must be in (0, 1], not {share!r}")
+        self._bulk_share = share
 
     def note_interactive(self) -> None:
         """Report interactive work (a small response) served just now.
@@ -86,22 +100,23 @@ class LowPriorityLane:
 
         ``work`` should take a couple of milliseconds at most: it blocks the loop.
         While interactive work is recent, the next piece then waits
-        ``(1 - bulk_share) / bulk_share`` times as long as ``work()`` took before it
-        looks for its idle moment. The pause is taken before the next piece, not
-        after this one, so the last piece of a response is not delayed, and a
-        caller cancelled meanwhile loses nothing it was given. On an otherwise idle
-        loop it can last up to 1 ms: the selector counts timeouts in milliseconds.
+        ``(1 - bulk_share) / bulk_share`` times as long as ``work()`` took (at most
+        ``max_wait``) before it looks for its idle moment. The pause is taken
+        before the next piece, not after this one, so the last piece of a response
+        is not delayed, and a caller cancelled meanwhile loses nothing it was
+        given. The sleep can overrun by up to 1 ms on an otherwise idle loop: the
+        selector counts timeouts in whole milliseconds.
         """
         async with self._lock:
             pause = self._resume_at - time.perf_counter()
             if pause > 0:
-                await asyncio.sleep(pause)
+                await asyncio.sleep(min(pause, self.max_wait))
             await self._idle_moment()
+            share = self._bulk_share  # read before the work: nothing can fail after it
             started = time.perf_counter()
             result = work()
             if started - self._interactive_at < self.interactive_window:
                 ended = time.perf_counter()
-                share = self.bulk_share
                 self._resume_at = ended + (ended - started) * (1.0 - share) / share
             return result
 
