@@ -99,11 +99,11 @@ def wrk(url: str, *, connections: int, duration: float, latency: bool = False) -
     out = subprocess.run(
         [*cmd, url], capture_output=True, text=True, timeout=seconds + 30, check=True
     ).stdout
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    rps = requests_per_second(out)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if rps is None or errors is not None:
         raise RuntimeError(f"wrk against {url} failed:\n{out}")
-    result = {"rps": float(rps.group(1))}
+    result = {"rps": rps}
     total = re.search(r"(\d+) requests in", out)
     if total is not None:
         result["requests"] = float(total.group(1))
@@ -112,6 +112,12 @@ def wrk(url: str, *, connections: int, duration: float, latency: bool = False) -
         assert p99 is not None, out
         result["p99_ms"] = _ms(p99.group(1))
     return result
+
+
+def requests_per_second(wrk_output: str) -> Optional[float]:
+    """The ``Requests/sec`` figure of a wrk run's output, if it printed one."""
+    match = re.search(r"Requests/sec:\s+([\d.]+)", wrk_output)
+    return float(match.group(1)) if match else None
 
 
 def cpu_seconds(pid: int) -> float:
@@ -168,9 +174,9 @@ def p99_under_load(
         loaded = wrk(base + small, connections=1, duration=duration, latency=True)["p99_ms"]
     finally:
         out, _ = loader.communicate(timeout=seconds + 30)
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    rps = requests_per_second(out)
     if background is not None and rps is not None:
-        background["rps"] = float(rps.group(1))
+        background["rps"] = rps
     return unloaded, loaded
 
 

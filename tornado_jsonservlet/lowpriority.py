@@ -93,7 +93,10 @@ class LowPriorityLane:
     @property
     def yielding_to_interactive(self) -> bool:
         """True while the lane pauses between pieces (interactive work is recent)."""
-        return time.perf_counter() - self._interactive_at < self.interactive_window
+        return self._interactive_recent_at(time.perf_counter())
+
+    def _interactive_recent_at(self, moment: float) -> bool:
+        return moment - self._interactive_at < self.interactive_window
 
     async def run(self, work: Callable[[], _T]) -> _T:
         """Wait for an idle moment (or ``max_wait``), then call ``work()`` synchronously.
@@ -115,7 +118,7 @@ class LowPriorityLane:
             share = self._bulk_share  # read before the work: nothing can fail after it
             started = time.perf_counter()
             result = work()
-            if started - self._interactive_at < self.interactive_window:
+            if self._interactive_recent_at(started):
                 ended = time.perf_counter()
                 self._resume_at = ended + (ended - started) * (1.0 - share) / share
             return result
