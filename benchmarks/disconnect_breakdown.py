@@ -80,7 +80,7 @@ def stamp_tornado_stages(first_seen: dict[str, float]) -> None:
 async def run(count: int, stages: bool) -> None:
     import apps
 
-    from tornado_jsonservlet.connection import ClientConnectionMixin
+    from tornado_jsonservlet.core.connection import ClientConnectionMixin
 
     callback_at: dict[str, float] = {}
     stage_at: dict[str, dict[str, float]] = {}

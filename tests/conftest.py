@@ -17,7 +17,7 @@ import pytest
 import tornado.ioloop
 
 from tests.support import Probe
-from tornado_jsonservlet.pytest_plugin import fresh_io_loop
+from tornado_jsonservlet.testing.pytest_plugin import fresh_io_loop
 
 
 class _ErrorCollector(logging.Handler):

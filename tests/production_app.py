@@ -107,7 +107,7 @@ def make_app() -> tornado.web.Application:
         (r"/headers", Headers),
     ]
     if os.environ.get("PRODUCTION_APP_METRICS"):
-        from tornado_jsonservlet.metrics_handler import metrics_urlspec
+        from tornado_jsonservlet.production.metrics_handler import metrics_urlspec
 
         registry = ServletRegistry(metrics=PrometheusMetrics())
         registry.register(HelloServlet)

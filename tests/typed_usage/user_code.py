@@ -23,8 +23,8 @@ from tornado_jsonservlet import (
     ServletRegistry,
     require,
 )
-from tornado_jsonservlet.lowpriority import LowPriorityLane, lane_for_running_loop
-from tornado_jsonservlet.registry import UrlRule
+from tornado_jsonservlet.json.lane import LowPriorityLane, lane_for_running_loop
+from tornado_jsonservlet.routing.registry import UrlRule
 
 if TYPE_CHECKING:
     from typing_extensions import assert_type

@@ -1,0 +1,1 @@
+"""Tests against real components started on loopback: nginx, PostgreSQL, Redis, Chromium."""

@@ -1,0 +1,260 @@
+"""Graceful shutdown in one process: DrainingHTTPServer + GracefulShutdown on a real server.
+
+The multi-process and signal tests are in ``test_processes.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import socket
+from collections.abc import Callable, Iterator
+
+import pytest
+import tornado.httpserver
+import tornado.ioloop
+import tornado.web
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPResponse
+from tornado.testing import bind_unused_port
+
+from tests.support import Probe, access_lines, settle
+from tornado_jsonservlet import (
+    SHUTTING_DOWN,
+    CancelOnDisconnectMixin,
+    DrainingHTTPServer,
+    GracefulShutdown,
+    JsonErrorMixin,
+    RequestIdMixin,
+    serve,
+)
+from tornado_jsonservlet.core.cancellation import running_requests
+from tornado_jsonservlet.testing import RawHTTPConnection
+
+pytestmark = pytest.mark.gen_test
+
+
+class Tracked(RequestIdMixin, CancelOnDisconnectMixin, JsonErrorMixin, tornado.web.RequestHandler):
+    def initialize(self, probe: Probe) -> None:
+        self.probe = probe
+
+    async def work(self, status: int) -> None:
+        tag = self.get_argument("tag")
+        self.probe.hit(f"started {tag}")
+        try:
+            await asyncio.sleep(float(self.get_argument("delay")))
+            self.probe.hit(f"finished {tag}")
+            self.set_status(status)
+            self.write({"tag": tag})
+        except asyncio.CancelledError:
+            self.probe.hit(f"cancelled {tag}")
+            raise
+        finally:
+            self.probe.hit(f"cleanup {tag}")
+
+    async def get(self) -> None:
+        await self.work(200)
+
+    async def post(self) -> None:  # not cancellable: the default policy
+        await self.work(201)
+
+
+class Plain(tornado.web.RequestHandler):
+    def initialize(self, probe: Probe) -> None:
+        self.probe = probe
+
+    async def get(self) -> None:
+        self.probe.hit("plain started")
+        await asyncio.sleep(float(self.get_argument("delay")))
+        self.probe.hit("plain finished")
+        self.write("plain")
+
+
+class Server:
+    def __init__(self, server: DrainingHTTPServer, port: int, probe: Probe) -> None:
+        self.server, self.port, self.probe = server, port, probe
+        self.client = AsyncHTTPClient()
+
+    def fetch(self, path: str, method: str = "GET") -> asyncio.Future[HTTPResponse]:
+        body = b"" if method == "POST" else None
+        return asyncio.ensure_future(
+            self.client.fetch(
+                f"http://127.0.0.1:{self.port}{path}",
+                method=method,
+                body=body,
+                raise_error=False,
+                request_timeout=20,
+            )
+        )
+
+    async def started(self, *tags: str) -> None:
+        await until(lambda: all(self.probe.count(f"started {tag}") for tag in tags))
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    for _ in range(int(timeout / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+def served(io_loop: tornado.ioloop.IOLoop) -> Iterator[Server]:
+    probe = Probe()
+    app = tornado.web.Application(
+        [(r"/work", Tracked, {"probe": probe}), (r"/plain", Plain, {"probe": probe})]
+    )
+    sock, port = bind_unused_port()
+    server = DrainingHTTPServer(app)
+    server.add_sockets([sock])
+    yield Server(server, port, probe)
+    server.stop()
+    io_loop.run_sync(server.close_all_connections)
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+async def test_in_flight_requests_finish_within_the_grace_period(served: Server, caplog):
+    replies = [served.fetch(f"/work?delay=0.2&tag=t{i}") for i in range(3)]
+    await served.started("t0", "t1", "t2")
+    report = await GracefulShutdown([served.server], grace=5).shutdown()
+    assert all(reply.done() for reply in replies)
+    for reply in replies:
+        response = reply.result()
+        assert response.code == 200
+        assert response.headers["Connection"] == "close"  # a proxy stops reusing it
+    assert (report.in_flight, report.cancelled, report.abandoned) == (3, 0, [])
+    assert report.seconds < 2
+    assert refused(served.port)
+    assert sorted(access_lines(caplog))[0].startswith("200 GET /work")
+
+
+async def test_requests_past_the_grace_period_get_503_shutting_down(served: Server, caplog):
+    quick = served.fetch("/work?delay=0.1&tag=quick")
+    slow = served.fetch("/work?delay=30&tag=slow")
+    await served.started("quick", "slow")
+    report = await GracefulShutdown([served.server], grace=0.3).shutdown()
+    assert (await quick).code == 200
+    response = await slow
+    assert response.code == 503
+    body = json.loads(response.body)
+    assert body["errcode"] == "SHUTTING_DOWN" == SHUTTING_DOWN.errcode
+    assert body["request_id"] == response.headers["X-Request-ID"]
+    assert served.probe.count("cancelled slow") == 1
+    assert served.probe.count("cleanup slow") == 1  # finally ran
+    assert served.probe.count("finished slow") == 0
+    assert (report.in_flight, report.cancelled, report.abandoned) == (2, 1, [])
+    assert 0.3 <= report.seconds < 2
+    (line,) = [r for r in caplog.records if r.name == "tornado.access" and "slow" in r.getMessage()]
+    assert line.levelno == logging.WARNING
+    assert line.getMessage().startswith("503 GET /work?delay=30&tag=slow")
+
+
+async def test_a_request_that_may_not_be_cancelled_runs_on_within_the_bound(served: Server):
+    post = served.fetch("/work?delay=0.6&tag=post", method="POST")
+    await served.started("post")
+    report = await GracefulShutdown([served.server], grace=0.1, abandon_after=5).shutdown()
+    response = await post
+    assert response.code == 201  # it completed: never cut in half
+    assert served.probe.count("finished post") == 1
+    assert served.probe.count("cancelled post") == 0
+    assert (report.cancelled, report.abandoned) == (0, [])
+    assert 0.5 <= report.seconds < 2
+
+
+async def test_what_outlives_the_bound_is_abandoned_with_a_warning(served: Server, caplog):
+    post = served.fetch("/work?delay=1.0&tag=post", method="POST")
+    plain = served.fetch("/plain?delay=1.0")
+    await served.started("post")
+    await until(lambda: served.probe.count("plain started") > 0)
+    report = await GracefulShutdown([served.server], grace=0.1, abandon_after=0.2).shutdown()
+    assert len(report.abandoned) == 2
+    assert report.abandoned[0].startswith("POST /work?delay=1.0&tag=post (Tracked, running ")
+    assert report.abandoned[1] == "GET /plain?delay=1.0 (not a toolkit handler)"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(m.startswith("Shutdown: abandoning POST /work") for m in warnings)
+    assert any(m.startswith("Shutdown: abandoning GET /plain") for m in warnings)
+    # The connections were closed at the end; in a real process the exit cuts
+    # the work too. Here it is let finish quietly.
+    for reply in (post, plain):
+        with pytest.raises(HTTPClientError, match="Stream closed"):
+            await reply
+    await until(
+        lambda: served.probe.count("cleanup post") + served.probe.count("plain finished") == 2
+    )
+    await settle()
+
+
+async def test_keepalive_connections_drain_without_dropping_a_request(served: Server):
+    # An idle keep-alive connection stays open while requests are in flight; a
+    # request arriving on it is served, with Connection: close, then it is closed.
+    idle = await RawHTTPConnection.open(served.port)
+    await idle.send_request("GET", "/work?delay=0&tag=first")
+    first = await idle.stream.read_until(b'{"tag": "first"}')
+    assert b"Connection: close" not in first
+    never_used = await RawHTTPConnection.open(served.port)
+    slow = served.fetch("/work?delay=0.5&tag=slow")
+    await served.started("slow")
+    shutdown = GracefulShutdown([served.server], grace=5)
+    shutdown.begin()
+    draining = asyncio.ensure_future(shutdown.wait())
+    await idle.send_request("GET", "/work?delay=0&tag=late")
+    late = await idle.read_until_close()
+    assert late.startswith(b"HTTP/1.1 200 OK")
+    assert b"Connection: close" in late
+    assert late.endswith(b'{"tag": "late"}')
+    assert (await slow).code == 200
+    report = await draining
+    assert report.abandoned == []
+    assert await never_used.read_until_close() == b""  # closed once nothing was in flight
+
+
+async def test_signals_are_only_acted_on_once(served: Server):
+    shutdown = GracefulShutdown([served.server], grace=1)
+    shutdown.begin()
+    shutdown.begin()  # a second SIGTERM (forwarded by the parent, say) changes nothing
+    assert shutdown.started
+    report = await shutdown.wait()
+    assert report.in_flight == 0
+
+
+async def test_configuration_mistakes_raise_at_startup():
+    plain = tornado.httpserver.HTTPServer(tornado.web.Application())
+    with pytest.raises(TypeError, match="DrainingHTTPServer"):
+        GracefulShutdown([plain])  # type: ignore[list-item]
+    for bad in (-1, math.nan):
+        with pytest.raises(ValueError, match="grace must be"):
+            GracefulShutdown([], grace=bad)
+        with pytest.raises(ValueError, match="abandon_after must be"):
+            GracefulShutdown([], abandon_after=bad)
+    for processes in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="processes must be"):
+            serve(tornado.web.Application, 0, processes=processes)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="reuse_port needs a fixed port"):
+        serve(tornado.web.Application, 0, processes=2, reuse_port=True)
+    with pytest.raises(ValueError, match="grace must be"):
+        serve(tornado.web.Application, 0, shutdown_grace=-5)
+
+
+async def test_the_in_flight_registry_holds_running_toolkit_requests_only(served: Server):
+    assert running_requests() == []
+    reply = served.fetch("/work?delay=0.3&tag=one")
+    plain = served.fetch("/plain?delay=0.3")
+    await served.started("one")
+    await until(lambda: served.probe.count("plain started") > 0)
+    (handler,) = running_requests()  # the plain handler is not a toolkit request
+    assert isinstance(handler, Tracked)
+    assert handler.request.uri == "/work?delay=0.3&tag=one"
+    assert served.server.busy_connections == 2  # but the server sees both
+    assert (await reply).code == 200
+    assert (await plain).code == 200
+    assert running_requests() == []
+    assert served.server.busy_connections == 0

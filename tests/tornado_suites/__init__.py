@@ -1,0 +1,1 @@
+"""Tornado's own test suites, run with the toolkit's mixins injected (scripts, not collected)."""

@@ -1,0 +1,143 @@
+"""Output that cannot fail because the client left.
+
+In plain Tornado, a handler that writes after its client disconnected gets a
+``StreamClosedError`` from ``await self.flush()`` or ``await self.finish()``; left
+uncaught it is logged at ERROR as an "Uncaught exception", and the access log then
+records the status the handler meant to send (typically 200) for a response nobody
+received.
+
+:class:`SafeWriteMixin` makes every output method a quiet no-op once the client is
+gone, records the request once as 499, and otherwise behaves exactly like Tornado:
+``write()`` after ``finish()`` still raises ``RuntimeError`` while the client is
+connected, because that is a programming error, not a network event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+from typing import Any, Optional, Union
+
+import tornado.httputil
+import tornado.web
+from tornado.iostream import StreamClosedError
+
+from tornado_jsonservlet.core.connection import ClientConnectionMixin
+
+__all__ = ["SafeWriteMixin"]
+
+_Chunk = Union[str, bytes, dict[str, Any]]
+
+
+def _completed() -> asyncio.Future[None]:
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    done.set_result(None)
+    return done
+
+
+class SafeWriteMixin(ClientConnectionMixin):
+    """Make ``write``/``flush``/``finish``/``send_error``/``render``/``redirect`` safe.
+
+    After a disconnect they do nothing and return completed awaitables; the
+    request is finished once, logged with status 499. A ``StreamClosedError`` from
+    a write in flight marks the client as gone instead of escaping, and it is
+    never logged as an uncaught exception.
+    """
+
+    def write(self, chunk: _Chunk) -> None:
+        if self._client_gone:
+            return
+        super().write(chunk)
+
+    def flush(self, include_footers: bool = False) -> asyncio.Future[None]:
+        if self._client_gone:
+            return _completed()
+        try:
+            return self._without_stream_closed(super().flush(include_footers))
+        except tornado.httputil.HTTPOutputError:
+            self._note_server_closed_stream()
+            raise
+
+    def finish(self, chunk: Optional[_Chunk] = None) -> asyncio.Future[None]:
+        if self._client_gone:
+            self._finish_as_disconnected()
+            return _completed()
+        try:
+            return self._without_stream_closed(super().finish(chunk))
+        except tornado.httputil.HTTPOutputError:
+            self._note_server_closed_stream()
+            raise
+
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        if self._client_gone:
+            self._finish_as_disconnected()
+            return
+        super().send_error(status_code, **kwargs)
+
+    def render(self, template_name: str, **kwargs: Any) -> asyncio.Future[None]:
+        if self._client_gone:
+            self._finish_as_disconnected()
+            return _completed()
+        return super().render(template_name, **kwargs)
+
+    def redirect(self, url: str, permanent: bool = False, status: Optional[int] = None) -> None:
+        if self._client_gone:
+            self._finish_as_disconnected()
+            return
+        super().redirect(url, permanent, status)
+
+    def log_exception(
+        self,
+        typ: Optional[type[BaseException]],
+        value: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        # A StreamClosedError that escaped from code writing to this request's own
+        # connection after the client left is not a bug. One from anywhere else
+        # (a backend connection, say) still is, hence the client_disconnected test.
+        if isinstance(value, StreamClosedError) and self._client_gone:
+            return
+        super().log_exception(typ, value, tb)
+
+    def _note_server_closed_stream(self) -> None:
+        # Tornado closed the stream itself (a Content-Length mismatch). That is the
+        # server's error, logged as such by Tornado, not a departed client: the
+        # write failures that follow must not be reported as a disconnect.
+        self._stream_closed_by_server = True
+
+    def _without_stream_closed(self, sent: asyncio.Future[None]) -> asyncio.Future[None]:
+        """Relay ``sent``, turning ``StreamClosedError`` into a disconnect.
+
+        When the stream dies, Tornado fails pending writes *before* it runs the close
+        callback, so a handler awaiting ``flush()`` learns of the disconnect here
+        first. The relay records it, which also lets the cancellation layer cancel
+        the handler at this very ``await``.
+        """
+        if sent.done() and not sent.cancelled():
+            error = sent.exception()
+            if error is None:
+                return sent
+            if isinstance(error, StreamClosedError):
+                self._client_left()
+                return _completed()
+            return sent
+        relayed: asyncio.Future[None] = sent.get_loop().create_future()
+
+        def relay(sent: asyncio.Future[None]) -> None:
+            if sent.cancelled():
+                if not relayed.done():
+                    relayed.cancel()
+                return
+            error = sent.exception()  # always retrieved: no "never retrieved" warning
+            if isinstance(error, StreamClosedError):
+                self._client_left()
+                error = None
+            if relayed.done():  # the awaiting handler was cancelled meanwhile
+                return
+            if error is None:
+                relayed.set_result(None)
+            else:
+                relayed.set_exception(error)
+
+        sent.add_done_callback(relay)
+        return relayed

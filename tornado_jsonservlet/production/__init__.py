@@ -1,0 +1,1 @@
+"""Running in production: request IDs, metrics, graceful shutdown, several processes."""

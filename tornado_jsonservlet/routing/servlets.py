@@ -1,0 +1,329 @@
+"""Servlets: handlers whose ``on_GET``/``on_POST``/... return the response instead of writing it.
+
+::
+
+    class UserServlet(JsonServlet):
+        PATTERNS = ["/users/{user_id:int}"]
+
+        async def on_GET(self, user_id: int):
+            user = await db.get_user(user_id)
+            if user is None:
+                raise NotFound("No such user")
+            return user                      # 200 {"id": ..., ...}
+
+        async def on_POST(self, user_id: int):
+            body = self.json_body
+            return 201, await db.update(user_id, body)
+
+A method receives the path parameters as keyword arguments, percent-decoded and
+converted (see :mod:`~tornado_jsonservlet.registry`), and returns ``(status, body)``,
+a body alone (status 200), or ``None`` when it wrote the response itself. It may be
+sync or async. ``HEAD`` is served by ``on_GET`` without a body, ``OPTIONS`` answers
+204 with ``Allow`` (plus CORS preflight headers when CORS is configured), and any
+other method the servlet lacks gets 405 with ``Allow``.
+
+A servlet follows the cancellation policy of
+:mod:`~tornado_jsonservlet.disconnect`: a GET is cancelled when its client
+disconnects, an ``on_POST`` only when marked ``@cancellable``. Its errors are rendered as JSON
+(:class:`JsonServlet`) or HTML (:class:`HtmlServlet`), and its request body is read
+with the size limit enforced while it arrives.
+
+Tornado's conventions hold for servlets as for any handler:
+
+* **XSRF.** With the ``xsrf_cookies`` setting, a ``POST``/``PUT``/``PATCH``/``DELETE``
+  must carry the token as the ``_xsrf`` form field or the ``X-XSRFToken`` header.
+  Tornado checks it before ``prepare()``, which for a streamed body is before the
+  form field has arrived; a servlet therefore runs the same check once the body is
+  complete, before its method is called. A failure is a 403 whose ``errcode`` says
+  what is wrong: ``XSRF_MISSING`` (no token sent), ``XSRF_COOKIE_MISSING`` (no
+  ``_xsrf`` cookie) or ``XSRF_MISMATCH``.
+* **HEAD** runs ``on_GET`` for its status and headers; a :class:`JsonServlet` never
+  encodes the document (see :mod:`~tornado_jsonservlet.json_handlers`).
+* **Access log.** Lines keep Tornado's format. The servlet's name is available to a
+  ``log_function`` setting as ``handler.servlet_name`` and is what metrics count by.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Optional
+
+import jinja2
+import tornado.httputil
+import tornado.web
+
+from tornado_jsonservlet.core.cancellation import CancelOnDisconnectMixin
+from tornado_jsonservlet.core.headers import parse_media_type
+from tornado_jsonservlet.errors.cors import CorsMixin
+from tornado_jsonservlet.errors.exceptions import BadRequest, Forbidden, MethodNotAllowed, NotFound
+from tornado_jsonservlet.errors.rendering import HtmlErrorMixin, JsonErrorMixin
+from tornado_jsonservlet.json.lean import LeanResponseMixin
+from tornado_jsonservlet.json.responses import JsonBodyMixin, JsonResponseMixin
+from tornado_jsonservlet.production.metrics import ServletMetrics, method_label
+
+__all__ = ["SERVLET_METHODS", "HtmlServlet", "JsonServlet", "ServletRoute", "implemented_methods"]
+
+#: The methods a servlet implements as ``on_<METHOD>``.
+SERVLET_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+ROUTE_KWARG = "_tornado_jsonservlet_route"
+
+_PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]*")
+_FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+
+
+@dataclass(frozen=True)
+class ServletRoute:
+    """What the registry tells a servlet about the URL pattern that matched."""
+
+    pattern: str
+    converters: Mapping[str, Callable[[str], Any]] = field(default_factory=dict)
+    metrics: Optional[ServletMetrics] = None
+
+
+def implemented_methods(cls: type) -> tuple[str, ...]:
+    """The methods a servlet class answers: its ``on_<METHOD>``s, HEAD with GET, OPTIONS."""
+    found = [m for m in SERVLET_METHODS if callable(getattr(cls, f"on_{m}", None))]
+    if "GET" in found:
+        found.insert(1, "HEAD")
+    return (*found, "OPTIONS")
+
+
+@tornado.web.stream_request_body
+class _ServletBase(
+    CancelOnDisconnectMixin, CorsMixin, JsonBodyMixin, LeanResponseMixin, tornado.web.RequestHandler
+):
+    """Shared dispatch; use :class:`JsonServlet` or :class:`HtmlServlet`."""
+
+    #: Path patterns used when the registry is not given any.
+    PATTERNS: ClassVar[tuple[str, ...]] = ()
+    #: Name for logs and ``reverse_url``; defaults to the class name.
+    servlet_name: ClassVar[str] = "_ServletBase"
+    #: ``(method, ...)``, derived from the ``on_<METHOD>`` methods present.
+    allowed_methods: ClassVar[tuple[str, ...]] = ("OPTIONS",)
+
+    _route: ServletRoute = ServletRoute(pattern="")
+    _body_complete: bool = False
+    _xsrf_check_due: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "servlet_name" not in cls.__dict__:
+            cls.servlet_name = cls.__name__
+        cls.allowed_methods = implemented_methods(cls)
+
+    def __init__(
+        self,
+        application: tornado.web.Application,
+        request: tornado.httputil.HTTPServerRequest,
+        **kwargs: Any,
+    ) -> None:
+        route = kwargs.pop(ROUTE_KWARG, None)
+        if route is not None:
+            self._route = route
+        super().__init__(application, request, **kwargs)
+
+    # -- dispatch ----------------------------------------------------------------
+
+    def _verb_function(self) -> Any:
+        # The cancellation policy follows the servlet's own method: ``@cancellable``
+        # goes on ``on_POST``, not on the dispatching ``post``.
+        method = self.request.method or ""
+        if method == "OPTIONS":
+            return None
+        return getattr(type(self), f"on_{'GET' if method == 'HEAD' else method}", None)
+
+    async def get(self, *args: str, **kwargs: str) -> None:
+        await self._dispatch("GET", kwargs)
+
+    async def head(self, *args: str, **kwargs: str) -> None:
+        await self._dispatch("GET", kwargs)
+
+    async def post(self, *args: str, **kwargs: str) -> None:
+        await self._dispatch("POST", kwargs)
+
+    async def put(self, *args: str, **kwargs: str) -> None:
+        await self._dispatch("PUT", kwargs)
+
+    async def patch(self, *args: str, **kwargs: str) -> None:
+        await self._dispatch("PATCH", kwargs)
+
+    async def delete(self, *args: str, **kwargs: str) -> None:
+        await self._dispatch("DELETE", kwargs)
+
+    async def options(self, *args: str, **kwargs: str) -> None:
+        self.set_header("Allow", ", ".join(self.allowed_methods))
+        self.set_cors_preflight_headers(self.allowed_methods)
+        self.set_status(204)
+        self.finish()
+
+    async def _dispatch(self, method: str, raw_params: Mapping[str, str]) -> None:
+        self._complete_body()
+        if self._xsrf_check_due:
+            self._xsrf_check_due = False
+            self.check_xsrf_cookie()
+        target = getattr(self, f"on_{method}", None)
+        if target is None:
+            raise MethodNotAllowed(self.allowed_methods)
+        params = self._convert_params(raw_params)
+        result = target(**params)
+        if inspect.isawaitable(result):
+            result = await result
+        if result is None or self._finished:
+            return
+        if isinstance(result, tuple):
+            if len(result) != 2 or not isinstance(result[0], int):
+                raise TypeError(f"{self.servlet_name}.on_{method} must return (status, body)")
+            status, body = result
+        else:
+            status, body = 200, result
+        if status in (204, 304):
+            # HTTP forbids a body here; ``(204, None)`` is how a method says "no content".
+            if body is not None:
+                raise TypeError(f"{self.servlet_name}.on_{method}: a {status} has no body")
+            self.set_status(status)
+            self.finish()
+            return
+        await self.send_body(status, body)
+
+    def _convert_params(self, raw_params: Mapping[str, str]) -> dict[str, Any]:
+        path = self.request.path
+        if not _PRINTABLE_ASCII.fullmatch(path):
+            # Tornado reads the request line as Latin-1 and re-encodes it as UTF-8
+            # when decoding parameters, so a raw non-ASCII byte would reach the
+            # servlet as mojibake. Clients percent-encode; anything else is refused.
+            raise BadRequest("The request path must be ASCII; percent-encode other characters")
+        route = self._route
+        params: dict[str, Any] = {}
+        for name, value in raw_params.items():
+            converter = route.converters.get(name)
+            try:
+                params[name] = converter(value) if converter else value
+            except ValueError:
+                # Not a valid value of the parameter's type (for a str: a "/" from
+                # an encoded %2F, a dot segment): the path does not match.
+                raise NotFound("Unrecognized request", "UNRECOGNIZED") from None
+        return params
+
+    def check_xsrf_cookie(self) -> None:
+        """Tornado's XSRF check, run once the streamed body is complete.
+
+        Tornado calls this before ``prepare()``, when an ``_xsrf`` form field cannot
+        have arrived yet; the call then only marks the check as due, and
+        ``_dispatch`` calls this method again (overrides included) with the body
+        in place. Failures are 403s with an ``errcode`` naming what is wrong.
+        """
+        if not self._body_complete:
+            self._xsrf_check_due = True
+            return
+        token = (
+            self.get_argument("_xsrf", None)
+            or self.request.headers.get("X-Xsrftoken")
+            or self.request.headers.get("X-Csrftoken")
+        )
+        if not token:
+            raise Forbidden(
+                "XSRF token missing: send the _xsrf form field or the X-XSRFToken header",
+                "XSRF_MISSING",
+            )
+        if not self.get_cookie(self.settings.get("xsrf_cookie_name", "_xsrf")):
+            raise Forbidden(
+                "XSRF cookie missing: load a page that sets it before sending this request",
+                "XSRF_COOKIE_MISSING",
+            )
+        try:
+            super().check_xsrf_cookie()
+        except tornado.web.HTTPError:
+            raise Forbidden("XSRF token does not match the _xsrf cookie", "XSRF_MISMATCH") from None
+
+    def _complete_body(self) -> None:
+        """Make the streamed body look like a normal one to code that reads it."""
+        self._body_complete = True
+        body = self._body_bytes()
+        self.request.body = body
+        content_type = self.request.headers.get("Content-Type", "")
+        media = parse_media_type(content_type)
+        # Only well-formed form types reach Tornado's parser: its parameter parsing
+        # is quadratic on Tornado 6.4, so an unbounded header must not get there.
+        # Any other body is left for json_body, which answers 415 if it is not JSON.
+        if body and media is not None and media.essence in _FORM_TYPES:
+            try:
+                tornado.httputil.parse_body_arguments(
+                    content_type,
+                    body,
+                    self.request.body_arguments,
+                    self.request.files,
+                    self.request.headers,
+                )
+            except tornado.httputil.HTTPInputError as error:
+                raise BadRequest(f"Invalid request body: {error}") from None
+            for name, values in self.request.body_arguments.items():
+                self.request.arguments.setdefault(name, []).extend(values)
+
+    async def send_body(self, status: int, body: Any) -> None:
+        """Send a method's return value; subclasses define the body format."""
+        raise NotImplementedError
+
+    # -- logs and metrics ------------------------------------------------------
+
+    def _log(self) -> None:
+        super()._log()
+        metrics = self._route.metrics
+        if metrics is not None:
+            metrics.observe(
+                self.servlet_name,
+                method_label(self.request.method or ""),
+                self.get_status(),
+                self.request.request_time(),
+            )
+
+
+def _allow_on_405(handler: Any, error: tornado.web.HTTPError) -> tornado.web.HTTPError:
+    """Tornado's own 405 (a method outside SUPPORTED_METHODS) gets ``Allow`` too."""
+    if error.status_code == 405 and not isinstance(error, MethodNotAllowed):
+        return MethodNotAllowed(handler.allowed_methods)
+    return error
+
+
+class JsonServlet(JsonErrorMixin, JsonResponseMixin, _ServletBase):
+    """A servlet whose bodies are JSON and whose errors are ``{"errcode", "error"}``."""
+
+    async def send_body(self, status: int, body: Any) -> None:
+        await self.write_json(body, status)
+
+
+@functools.cache
+def _template_environment(template_path: str) -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(template_path), autoescape=True)
+
+
+class HtmlServlet(HtmlErrorMixin, _ServletBase):
+    """A servlet whose bodies are HTML (``str`` or ``bytes``) and whose errors are pages.
+
+    :meth:`render_template` renders a jinja2 template (autoescaped) from the
+    application's ``template_path``; return its result from ``on_GET``.
+    """
+
+    async def send_body(self, status: int, body: Any) -> None:
+        if not isinstance(body, (str, bytes)):
+            raise TypeError(
+                f"{self.servlet_name} must return str or bytes, not {type(body).__name__}"
+            )
+        self.set_status(status)
+        self.set_header("Content-Type", "text/html; charset=UTF-8")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        await self.finish(body)
+
+    def render_template(self, name: str, **context: Any) -> str:
+        template_path = self.get_template_path()
+        if template_path is None:
+            raise RuntimeError("render_template needs the application's template_path setting")
+        return _template_environment(template_path).get_template(name).render(context)
+
+
+for _servlet_class in (JsonServlet, HtmlServlet):
+    _servlet_class.add_error_handler(tornado.web.HTTPError, _allow_on_405)
