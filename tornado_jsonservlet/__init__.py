@@ -8,7 +8,7 @@ from the layers before it:
 * :mod:`~tornado_jsonservlet.core` -- the request scope, disconnect detection,
   safe output, cancellation, deadlines, context variables, threads, headers;
 * :mod:`~tornado_jsonservlet.errors` -- error classes, JSON/HTML rendering, CORS;
-* :mod:`~tornado_jsonservlet.json` -- the codec, ``write_json``/``json_body``, the
+* :mod:`~tornado_jsonservlet.jsonio` -- the codec, ``write_json``/``json_body``, the
   low-priority lane, lean responses;
 * :mod:`~tornado_jsonservlet.production` -- request IDs, metrics, shutdown, processes;
 * :mod:`~tornado_jsonservlet.outbound` -- outbound HTTP that aborts when cancelled;
@@ -48,9 +48,9 @@ from .errors.exceptions import (
     errcode_for_status,
 )
 from .errors.rendering import HtmlErrorMixin, JsonErrorMixin, NegotiatedErrorMixin
-from .json.codec import active_backend, decode, encode
-from .json.lean import LeanResponseMixin
-from .json.responses import JsonBodyMixin, JsonResponseMixin, require
+from .jsonio.codec import active_backend, decode, encode
+from .jsonio.lean import LeanResponseMixin
+from .jsonio.responses import JsonBodyMixin, JsonResponseMixin, require
 from .production.metrics import InMemoryMetrics, PrometheusMetrics, ServletMetrics
 from .production.metrics_handler import MetricsHandler, metrics_urlspec
 from .production.processes import serve

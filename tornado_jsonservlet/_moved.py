@@ -8,7 +8,7 @@ whole mechanism: a finder placed last on ``sys.meta_path`` answers only for thes
 names, and only after the normal finders found no such file. The aliases go away
 in the release after 0.1.
 
-``tornado_jsonservlet.errors``, ``.outbound`` and ``.testing`` are not here: they
+``tornado_jsonservlet.errors``, ``.jsonio``, ``.outbound`` and ``.testing`` are not here: they
 are family packages now and re-export what the old modules exported, so they
 keep working without a warning (``AsyncHTTPClient.configure`` takes the
 ``tornado_jsonservlet.outbound.CancellableHTTPClient`` string as before).
@@ -39,10 +39,9 @@ MOVED_MODULES: dict[str, str] = {
     "headers": "core.headers",
     "rendering": "errors.rendering",
     "cors": "errors.cors",
-    "jsonio": "json.codec",
-    "json_handlers": "json.responses",
-    "lowpriority": "json.lane",
-    "lean": "json.lean",
+    "json_handlers": "jsonio.responses",
+    "lowpriority": "jsonio.lane",
+    "lean": "jsonio.lean",
     "registry": "routing.registry",
     "servlet": "routing.servlets",
     "eventformat": "streams.sse_format",

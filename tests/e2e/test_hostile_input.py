@@ -54,7 +54,7 @@ from tornado_jsonservlet import (
 )
 from tornado_jsonservlet.core.headers import parse_accept, parse_content_length, parse_media_type
 from tornado_jsonservlet.errors.rendering import preferred_media_type
-from tornado_jsonservlet.json import codec as jsonio
+from tornado_jsonservlet.jsonio import codec as jsonio
 from tornado_jsonservlet.production.metrics import KNOWN_METHODS, method_label, status_label
 from tornado_jsonservlet.routing.registry import CONVERTERS, compile_pattern
 from tornado_jsonservlet.testing import RawHTTPConnection

@@ -481,7 +481,7 @@ async def test_lean_defaults_match_tornado(http_client, base_url):
 
 
 def test_http_date_is_cached_per_second(monkeypatch):
-    from tornado_jsonservlet.json import lean
+    from tornado_jsonservlet.jsonio import lean
 
     calls = []
     real = tornado.httputil.format_timestamp

@@ -23,7 +23,7 @@ from tornado_jsonservlet import (
     ServletRegistry,
     require,
 )
-from tornado_jsonservlet.json.lane import LowPriorityLane, lane_for_running_loop
+from tornado_jsonservlet.jsonio.lane import LowPriorityLane, lane_for_running_loop
 from tornado_jsonservlet.routing.registry import UrlRule
 
 if TYPE_CHECKING:

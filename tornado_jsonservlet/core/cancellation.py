@@ -82,7 +82,7 @@ from tornado_jsonservlet.core import context, threads
 from tornado_jsonservlet.core.connection import CLIENT_CLOSED_REQUEST, abort_response
 from tornado_jsonservlet.core.safe_output import SafeWriteMixin
 from tornado_jsonservlet.errors.exceptions import ServletError
-from tornado_jsonservlet.json.codec import JSON_CONTENT_TYPE, encode
+from tornado_jsonservlet.jsonio.codec import JSON_CONTENT_TYPE, encode
 
 __all__ = [
     "CLIENT_LEFT",

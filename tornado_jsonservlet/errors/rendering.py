@@ -63,7 +63,7 @@ from tornado_jsonservlet.core.cancellation import CancelOnDisconnectMixin
 from tornado_jsonservlet.core.connection import abort_response
 from tornado_jsonservlet.core.headers import check_header, header_value_problem, parse_accept
 from tornado_jsonservlet.errors.exceptions import ServletError, reason_phrase
-from tornado_jsonservlet.json.codec import JSON_CONTENT_TYPE, encode
+from tornado_jsonservlet.jsonio.codec import JSON_CONTENT_TYPE, encode
 
 __all__ = [
     "ErrorHandler",

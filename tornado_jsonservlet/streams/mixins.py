@@ -57,7 +57,7 @@ from tornado.iostream import IOStream, StreamClosedError
 
 from tornado_jsonservlet.core.cancellation import CancelOnDisconnectMixin
 from tornado_jsonservlet.errors.exceptions import BadRequest
-from tornado_jsonservlet.json.codec import encode
+from tornado_jsonservlet.jsonio.codec import encode
 from tornado_jsonservlet.streams.broadcast import EndReason, Subscription
 from tornado_jsonservlet.streams.sse_format import (
     HEARTBEAT,

@@ -31,7 +31,7 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from tornado_jsonservlet.json.codec import decode, encode
+from tornado_jsonservlet.jsonio.codec import decode, encode
 from tornado_jsonservlet.streams.broadcast import (
     DEFAULT_MAX_QUEUED,
     Broadcaster,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from typing import Any, Optional, Union
 
-from tornado_jsonservlet.json.codec import encode
+from tornado_jsonservlet.jsonio.codec import encode
 
 __all__ = [
     "HEARTBEAT",

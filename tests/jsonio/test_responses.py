@@ -18,7 +18,7 @@ from tornado_jsonservlet import (
     JsonResponseMixin,
     require,
 )
-from tornado_jsonservlet.json import lane as lowpriority
+from tornado_jsonservlet.jsonio import lane as lowpriority
 from tornado_jsonservlet.testing import RawHTTPConnection
 
 pytestmark = pytest.mark.gen_test

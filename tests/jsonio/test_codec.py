@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tornado_jsonservlet.json import codec as jsonio
-from tornado_jsonservlet.json.codec import active_backend, decode, encode
-from tornado_jsonservlet.json.responses import _big_list, _estimated_size, encode_in_slices
+from tornado_jsonservlet.jsonio import codec as jsonio
+from tornado_jsonservlet.jsonio.codec import active_backend, decode, encode
+from tornado_jsonservlet.jsonio.responses import _big_list, _estimated_size, encode_in_slices
 
 json_scalars = (
     st.none()

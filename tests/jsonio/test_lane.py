@@ -13,7 +13,7 @@ import tornado.web
 from tornado.httpclient import AsyncHTTPClient
 
 from tornado_jsonservlet import JsonResponseMixin
-from tornado_jsonservlet.json.lane import LowPriorityLane, lane_for_running_loop
+from tornado_jsonservlet.jsonio.lane import LowPriorityLane, lane_for_running_loop
 
 pytestmark = pytest.mark.gen_test
 

@@ -41,8 +41,8 @@ from tornado_jsonservlet.errors.exceptions import (
     ServletError,
     UnsupportedMediaType,
 )
-from tornado_jsonservlet.json.codec import JSON_CONTENT_TYPE, decode, encode
-from tornado_jsonservlet.json.lane import LowPriorityLane, lane_for_running_loop
+from tornado_jsonservlet.jsonio.codec import JSON_CONTENT_TYPE, decode, encode
+from tornado_jsonservlet.jsonio.lane import LowPriorityLane, lane_for_running_loop
 
 __all__ = ["JsonBodyMixin", "JsonResponseMixin", "require"]
 

@@ -1,0 +1,1 @@
+"""Tests of :mod:`tornado_jsonservlet.jsonio`."""

@@ -1,6 +1,0 @@
-"""JSON in and out: the codec, responses, request bodies and the low-priority lane.
-
-``codec`` encodes and decodes strictly and fast (ujson, or orjson when installed);
-``responses`` holds ``write_json`` and ``json_body``; ``lane`` keeps big encodes
-off the hot path; ``lean`` does less per request than Tornado's defaults.
-"""
