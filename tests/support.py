@@ -12,7 +12,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pytest
 import tornado.web
@@ -160,3 +160,16 @@ def demo_log_after_client_leaves(path: str, leave_after: float, how: CloseHow) -
         server.terminate()
         _, log = server.communicate(timeout=10)
     return log
+
+
+async def wait_until(
+    condition: Callable[[], object], *, what: str, timeout: float = 5.0, interval: float = 0.005
+) -> float:
+    """Wait until ``condition()`` is true; the seconds it took. Fails naming ``what``."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not condition():
+        if loop.time() - start > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+    return loop.time() - start

@@ -29,6 +29,7 @@ from .core.cancellation import (
     cancellable,
     uncancellable,
 )
+from .core.coalescing import Coalescer
 from .core.connection import CLIENT_CLOSED_REQUEST, ClientConnectionMixin
 from .core.safe_output import SafeWriteMixin
 from .core.threads import CancelToken, current_cancel_token, run_in_executor
@@ -85,6 +86,7 @@ __all__ = [
     "CancelReason",
     "CancelToken",
     "ClientConnectionMixin",
+    "Coalescer",
     "Conflict",
     "CorsMixin",
     "DrainingHTTPServer",

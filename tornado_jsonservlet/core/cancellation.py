@@ -67,22 +67,24 @@ let the cancellation escape; the mixin gives the same result on all three.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import weakref
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Callable, ClassVar, Literal, Optional, TypeVar, Union
+from typing import Any, Callable, ClassVar, Literal, Optional, TypeVar
 
 import tornado.web
 from tornado.log import access_log, app_log
 
+from tornado_jsonservlet import tornado_adapter as tornado_internals
 from tornado_jsonservlet.core import context, threads
 from tornado_jsonservlet.core.connection import CLIENT_CLOSED_REQUEST, abort_response
+from tornado_jsonservlet.core.error_shape import error_document
 from tornado_jsonservlet.core.safe_output import SafeWriteMixin
-from tornado_jsonservlet.errors.exceptions import ServletError
-from tornado_jsonservlet.jsonio.codec import JSON_CONTENT_TYPE, encode
+from tornado_jsonservlet.core.scope import RequestScope, scope_of
 
 __all__ = [
     "CLIENT_LEFT",
@@ -91,6 +93,7 @@ __all__ = [
     "CancelOnDisconnectMixin",
     "CancelPolicy",
     "CancelReason",
+    "RequestCancelled",
     "cancellable",
     "running_requests",
     "uncancellable",
@@ -108,6 +111,8 @@ _POLICIES = ("safe", "all", "none")
 _CANCEL_MARK = "_tornado_jsonservlet_cancel"
 
 _tornado_write_error = tornado.web.RequestHandler.write_error
+# Classes that set request_deadline themselves (it then wins over the setting).
+_classes_with_deadline: weakref.WeakSet[type] = weakref.WeakSet()
 _reported_bad_settings: set[int] = set()
 
 
@@ -189,27 +194,83 @@ def uncancellable(method: _F) -> _F:
 
 
 # -- in-flight registry (read by graceful shutdown) -------------------------------
-# Every toolkit request whose ``_execute`` is running, so that a shutdown can cancel
-# what is left after its grace period. Weak: a registry must never keep a request alive.
+# Every toolkit request whose task is running, so that a shutdown can cancel what
+# is left after its grace period. Weak: a registry must never keep a request alive.
 _running: weakref.WeakSet[CancelOnDisconnectMixin] = weakref.WeakSet()
 
 
 def running_requests() -> list[CancelOnDisconnectMixin]:
     """The toolkit requests running on the current event loop (handler started, not ended)."""
     loop = asyncio.get_running_loop()
-    return [h for h in list(_running) if h._request_task and h._request_task.get_loop() is loop]
+    running = []
+    for handler in list(_running):
+        task = scope_of(handler).task
+        if task is not None and task.get_loop() is loop:
+            running.append(handler)
+    return running
+
+
+class RequestCancelled(tornado.web.HTTPError):
+    """The error a request the toolkit cancelled answers with (a deadline's 504, say).
+
+    An ``HTTPError`` passed to ``send_error`` as ``exc_info``, so that an
+    application's ``write_error`` sees the status it knows how to render, and the
+    toolkit's error mixins render :attr:`cancel_reason`'s ``errcode`` and message in
+    the shape of every other error.
+    """
+
+    def __init__(self, reason: CancelReason) -> None:
+        super().__init__(reason.status)
+        self.cancel_reason = reason
+
+
+def _await_chain(task: asyncio.Future[Any]) -> list[asyncio.Future[Any]]:
+    """The futures ``task`` waits on, outermost first (a task awaiting a task...)."""
+    chain: list[asyncio.Future[Any]] = []
+    waiter = tornado_internals.awaited_future(task)
+    while waiter is not None and len(chain) < 16:
+        chain.append(waiter)
+        waiter = tornado_internals.awaited_future(waiter)
+    return chain
+
+
+def _awaited_by_another_request(
+    handler: CancelOnDisconnectMixin,
+) -> Optional[asyncio.Future[Any]]:
+    """A future that ``handler``'s task awaits and another running request awaits too.
+
+    Cancelling a task cancels the future it awaits; when that future is work
+    shared between requests (request coalescing, a cache of pending lookups), the
+    other requests would see a ``CancelledError`` for a client that is not theirs.
+    """
+    task = scope_of(handler).task
+    if task is None:
+        return None
+    ours = _await_chain(task)
+    if not ours:
+        return None
+    for other in list(_running):
+        other_scope = scope_of(other)
+        if other is handler or other_scope.task is None or other_scope.reason is not None:
+            continue
+        theirs = _await_chain(other_scope.task)
+        for future in ours:
+            if future in theirs:
+                return future
+    return None
 
 
 class _Shield:
     """``async with handler.shielded():`` -- see :meth:`CancelOnDisconnectMixin.shielded`."""
 
-    __slots__ = ("_handler",)
+    __slots__ = ("_handler", "_scope")
 
     def __init__(self, handler: CancelOnDisconnectMixin) -> None:
         self._handler = handler
+        self._scope = scope_of(handler)
 
     async def __aenter__(self) -> None:
-        self._handler._shield_depth += 1
+        self._scope.shield_depth += 1
 
     async def __aexit__(
         self,
@@ -217,18 +278,17 @@ class _Shield:
         value: Optional[BaseException],
         tb: Optional[TracebackType],
     ) -> None:
-        handler = self._handler
-        handler._shield_depth -= 1
-        if handler._shield_depth or handler._cancel_reason is None:
+        scope = self._scope
+        scope.shield_depth -= 1
+        if scope.shield_depth or scope.reason is None:
             return
-        task = handler._request_task
-        if typ is None and task is not None and task is asyncio.current_task():
+        if typ is None and scope.task is not None and scope.task is asyncio.current_task():
             # Leaving the shield inside the request's own task: land the
             # cancellation right here, so nothing after the block runs.
-            if handler._cancel_task(task, now=True):
+            if self._handler._jsonservlet_may_cancel_task() and scope.cancel_task():
                 await asyncio.sleep(0)
         else:
-            handler._deliver_cancel()
+            self._handler._jsonservlet_deliver()
 
 
 class CancelOnDisconnectMixin(SafeWriteMixin):
@@ -254,15 +314,6 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
     #: Seconds each request may take before it is cancelled with a 504; None: no
     #: deadline. Set here, it wins over the application setting of the same name.
     request_deadline: ClassVar[Optional[float]] = None
-    _deadline_from_class: ClassVar[bool] = False
-
-    # Per-request state; class-level defaults keep a connected request allocation-free.
-    _request_task: Optional[asyncio.Task[Any]] = None
-    _cancel_reason: Optional[CancelReason] = None  # set once, when cancellation starts
-    _cancel_in_flight: bool = False  # our task.cancel() is not yet absorbed
-    _shield_depth: int = 0
-    _owned: Optional[set[Union[asyncio.TimerHandle, asyncio.Task[Any]]]] = None
-    _deadline_at: Optional[float] = None  # loop time
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -276,13 +327,17 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
                 f"{cls.__name__}.cancel_policy must be one of {_POLICIES}, "
                 f"not {cls.cancel_policy!r}"
             )
-        if "request_deadline" in cls.__dict__:
-            if not _valid_deadline(cls.request_deadline):
-                raise ValueError(
-                    f"{cls.__name__}.request_deadline must be None or a positive number "
-                    f"of seconds, not {cls.request_deadline!r}"
-                )
-            cls._deadline_from_class = True
+        if "request_deadline" in cls.__dict__ and not _valid_deadline(cls.request_deadline):
+            raise ValueError(
+                f"{cls.__name__}.request_deadline must be None or a positive number "
+                f"of seconds, not {cls.request_deadline!r}"
+            )
+        if any(
+            "request_deadline" in klass.__dict__
+            for klass in cls.__mro__[:-1]
+            if klass is not CancelOnDisconnectMixin
+        ):
+            _classes_with_deadline.add(cls)
         prepare = cls.__dict__.get("prepare")
         if prepare is not None and hasattr(prepare, _CANCEL_MARK):
             raise TypeError(
@@ -293,12 +348,29 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
 
     # -- public API ------------------------------------------------------------
 
-    def shielded(self) -> _Shield:
-        """Defer cancellation until the ``async with`` block ends.
+    @property
+    def cancel_reason(self) -> Optional[CancelReason]:
+        """Why this request is being cancelled, or None while it is not.
 
-        A disconnect inside the block is recorded at once (callbacks and hooks run),
-        but the cancellation lands only when the block exits, so code after the
-        block does not run. Blocks nest; the outermost exit delivers it.
+        Set once, by the first reason (:data:`CLIENT_LEFT`, :data:`DEADLINE_EXCEEDED`,
+        a shutdown's); it stays set after the request ends. It is set for a request
+        that opted out of cancellation too: the reason is known even when the task
+        is left to run.
+        """
+        reason: Optional[CancelReason] = scope_of(self).reason
+        return reason
+
+    def shielded(self) -> _Shield:
+        """Defer this request's cancellation until the ``async with`` block ends.
+
+        What is deferred: the toolkit's own cancellations of the request's task (a
+        disconnect, a deadline, a shutdown), and only those; a ``task.cancel()``
+        from anyone else is not the toolkit's to hold back and arrives at once. A
+        cancellation that happens inside the block is recorded at once (callbacks
+        and hooks run, owned timers and children are cancelled) and delivered
+        once, when the outermost block exits, so the code after the block does
+        not run. Delivery is edge-triggered: one ``CancelledError`` per request,
+        never a second one at a later ``await``.
         """
         return _Shield(self)
 
@@ -311,18 +383,18 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
         or finishes first. The returned handle can be cancelled earlier as usual.
         """
         loop = asyncio.get_running_loop()
-        if self._cancel_reason is not None or self._finished:
+        scope = scope_of(self)
+        if scope.reason is not None or tornado_internals.is_finished(self):
             handle = loop.call_later(delay, callback, *args)
             handle.cancel()
             return handle
-        owned = self._owned_work()
 
         def fire() -> None:
-            owned.discard(handle)
+            scope.disown(handle)
             callback(*args)
 
         handle = loop.call_later(delay, fire)
-        owned.add(handle)
+        scope.own(handle)
         return handle
 
     def spawn(self, coro: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
@@ -335,19 +407,20 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
         awaited, or got through ``task.exception()``, is not reported.
         """
         task = asyncio.ensure_future(coro)
-        if self._cancel_reason is not None or self._finished:
+        scope = scope_of(self)
+        if scope.reason is not None or tornado_internals.is_finished(self):
             task.cancel()
         else:
-            owned = self._owned_work()
-            owned.add(task)
-            task.add_done_callback(owned.discard)
+            scope.own(task)
+            task.add_done_callback(scope.disown)
         return task
 
     def deadline_remaining(self) -> Optional[float]:
         """Seconds left before this request's deadline (never negative), or None."""
-        if self._deadline_at is None:
+        deadline_at = scope_of(self).deadline_at
+        if deadline_at is None:
             return None
-        return max(0.0, self._deadline_at - context.loop_time())
+        return max(0.0, deadline_at - context.loop_time())
 
     async def run_in_executor(
         self, fn: Callable[..., _T], *args: object, executor: Optional[Executor] = None
@@ -367,62 +440,60 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
         The first reason wins; later calls, and calls after the request finished,
         do nothing. Safe to call from any callback on the request's event loop.
         """
-        if self._cancel_reason is not None or self._finished:
+        scope = scope_of(self)
+        if scope.reason is not None or tornado_internals.is_finished(self):
             return
-        self._cancel_reason = reason
-        self._release_request_work()
-        self._deliver_cancel()
+        scope.reason = reason
+        scope.release_owned()
+        self._jsonservlet_deliver()
 
-    # -- Tornado hooks ---------------------------------------------------------
+    # -- Tornado hooks (through the adapter) --------------------------------------
 
-    async def _execute(
-        self, transforms: list[tornado.web.OutputTransform], *args: bytes, **kwargs: bytes
+    async def _jsonservlet_execute(
+        self,
+        run: Callable[[], Awaitable[None]],
+        transforms: list[tornado.web.OutputTransform],
     ) -> None:
         # The one absorption point: Tornado runs the whole request (prepare, body,
-        # verb) inside this coroutine's task, the same signature on 6.4 to 6.6.
-        task = asyncio.current_task()
-        self._request_task = task
-        deadline = self._deadline_seconds()
+        # verb) inside this coroutine's task.
+        scope = scope_of(self)
+        scope.task = asyncio.current_task()
+        deadline = self._jsonservlet_deadline_seconds()
         if deadline is not None:
-            self._start_deadline(deadline)
-        _running.add(self)  # in-flight registry
+            self._jsonservlet_start_deadline(scope, deadline)
+        _running.add(self)
         try:
-            if self._cancel_reason is not None and self._is_cancellable():
+            if scope.reason is not None and self._jsonservlet_may_cancel_task():
                 # Cancelled before the handler started (a client that sent its
                 # request and reset at once): do not start the work at all.
-                self._transforms = transforms
-                self._finish_cancelled()
-                prepared: Optional[asyncio.Future[None]] = getattr(self, "_prepared_future", None)
-                if prepared is not None and not prepared.done():
-                    prepared.set_result(None)  # releases a waiting streamed-body reader
+                tornado_internals.adopt_transforms(self, transforms)
+                self._jsonservlet_end_cancelled()
+                tornado_internals.release_prepare_waiters(self)
                 return
-            await super()._execute(transforms, *args, **kwargs)
+            await super()._jsonservlet_execute(run, transforms)
         except asyncio.CancelledError:
-            if not self._absorb_own_cancel(task):
+            if not scope.absorb():
                 raise
-            self._finish_cancelled()
+            self._jsonservlet_end_cancelled()
         finally:
-            _running.discard(self)  # in-flight registry
-            self._request_task = None
-            if self._cancel_in_flight:
+            _running.discard(self)
+            if scope.delivered:
                 # The handler swallowed our CancelledError: take back our request so
                 # asyncio.timeout/TaskGroup logic around the task is not confused.
-                self._absorb_own_cancel(task)
+                scope.absorb()
+            scope.task = None
 
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
-        if (
-            self._cancel_in_flight
-            and "exc_info" not in kwargs
-            and asyncio.current_task() is self._request_task
-        ):
+        scope = scope_of(self)
+        if scope.delivered and "exc_info" not in kwargs and asyncio.current_task() is scope.task:
             # Tornado 6.6 answers its task's cancellation with a plain 500. When
             # the cancellation is ours, the request ends with our outcome instead.
-            self._finish_cancelled()
+            self._jsonservlet_end_cancelled()
             return
         super().send_error(status_code, **kwargs)
 
-    def _log(self) -> None:
-        reason = self._cancel_reason
+    def _jsonservlet_log(self, write_access_line: Callable[[], None]) -> None:
+        reason: Optional[CancelReason] = scope_of(self).reason
         if (
             reason is not None
             and reason.status >= 500
@@ -436,93 +507,103 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
             access_log.warning(
                 "%d %s %.2fms",
                 reason.status,
-                self._request_summary(),
+                tornado_internals.request_summary(self),
                 1000.0 * self.request.request_time(),
             )
             return
-        super()._log()
+        super()._jsonservlet_log(write_access_line)
 
     def finish(self, chunk: Any = None) -> asyncio.Future[None]:
         try:
             return super().finish(chunk)
         finally:
-            if self._finished:
-                self._release_request_work()
+            if tornado_internals.is_finished(self):
+                scope_of(self).release_owned()
 
-    # -- machinery -------------------------------------------------------------
+    # -- machinery (prefixed: the handler's namespace is the application's) -------
 
-    def _on_client_left(self) -> None:
+    def _jsonservlet_on_client_left(self, scope: RequestScope) -> None:
         # Release first, so disconnect hooks already see a quiet request; then the
         # hooks and callbacks; then the cancellation, delivered at the next await.
-        self._release_request_work()
-        super()._on_client_left()
+        scope.release_owned()
+        super()._jsonservlet_on_client_left(scope)
         self.cancel_request(CLIENT_LEFT)
 
-    def _verb_function(self) -> Any:
+    def _jsonservlet_verb_function(self) -> Any:
         """The function that serves this request's method; it may carry a mark."""
         return getattr(type(self), (self.request.method or "").lower(), None)
 
-    def _is_cancellable(self) -> bool:
-        mark = getattr(self._verb_function(), _CANCEL_MARK, None)
+    def _jsonservlet_may_cancel_task(self) -> bool:
+        """The policy: whether this request's task may be cancelled."""
+        mark = getattr(self._jsonservlet_verb_function(), _CANCEL_MARK, None)
         if mark is not None:
             return bool(mark)
         policy = self.cancel_policy
         return policy == "all" or (policy == "safe" and self.request.method in SAFE_METHODS)
 
-    def _deliver_cancel(self) -> None:
+    def _jsonservlet_deliver(self) -> None:
         """Cancel the request's task, if it runs, may be cancelled and is not shielded."""
-        task = self._request_task
-        if task is None or self._shield_depth or not self._is_cancellable():
-            return  # not started (``_execute`` checks), shielded, or opted out
-        self._cancel_task(task, now=task is not asyncio.current_task())
-
-    def _cancel_task(self, task: asyncio.Task[Any], *, now: bool) -> bool:
-        if self._cancel_in_flight or task.done():
-            return False
-        if not now:
+        scope = scope_of(self)
+        task = scope.task
+        if task is None or scope.shield_depth or scope.delivered or task.done():
+            return  # not started (the execute hook checks), shielded, or delivered
+        if not self._jsonservlet_may_cancel_task():
+            return
+        if task is asyncio.current_task():
             # Detected from inside the task (a failed flush, say): a cancel() now
             # would also cancel the task if it returned without another await, and
             # Tornado 6.4/6.5 would log that. Deliver it once the task is suspended.
-            task.get_loop().call_soon(self._deliver_cancel)
-            return False
-        self._cancel_in_flight = True
-        task.cancel()
-        return True
-
-    def _absorb_own_cancel(self, task: Optional[asyncio.Task[Any]]) -> bool:
-        """Take back our cancellation; True if no one else also cancelled the task."""
-        if not self._cancel_in_flight:
-            return False
-        self._cancel_in_flight = False
-        uncancel = getattr(task, "uncancel", None)
-        return uncancel is None or uncancel() == 0
-
-    def _finish_cancelled(self) -> None:
-        """End a cancelled request with its reason's outcome."""
-        reason = self._cancel_reason
-        if self._finished or reason is None:
+            task.get_loop().call_soon(self._jsonservlet_deliver)
             return
-        if reason is CLIENT_LEFT or self._client_gone:
-            self._finish_as_disconnected()
+        shared = _awaited_by_another_request(self)
+        if shared is not None:
+            # Cancelling our task would cancel work another request still awaits:
+            # end this request now, and cancel its task once that work is done.
+            self._jsonservlet_end_cancelled()
+            shared.add_done_callback(lambda _: self._jsonservlet_deliver())
             return
-        if self._headers_written:
-            # Part of the response is out: an error cannot follow, a cut can.
+        scope.cancel_task()
+
+    def _jsonservlet_end_cancelled(self) -> None:
+        """The one place that decides how a cancelled request ends.
+
+        * its client left: nothing is sent, 499 in the access log;
+        * part of the response is out: the connection is cut (an error cannot
+          follow a body, and a clean end would pass a truncated body as whole);
+        * otherwise: the reason's error response (504 for a deadline, 503 for a
+          shutdown), rendered by the application's ``write_error`` or the
+          toolkit's error mixins, in the shape of every other error.
+
+        Every path goes through the handler's own ``finish()``, so every override
+        of ``finish``, ``on_finish`` and ``log_exception`` runs exactly once.
+        """
+        scope = scope_of(self)
+        reason: Optional[CancelReason] = scope.reason
+        if reason is None or tornado_internals.is_finished(self):
+            return
+        task = scope.task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            scope.ended_early = True  # the task goes on for a while: keep it quiet
+        if reason is CLIENT_LEFT or scope.client_gone:
+            self.finish()
+        elif tornado_internals.headers_sent(self):
             self.set_status(reason.status)
             abort_response(self)
         elif type(self).write_error is _tornado_write_error:
             # No error rendering of the application's: the toolkit's JSON shape.
             self.clear()
             self.set_status(reason.status)
-            self.set_header("Content-Type", JSON_CONTENT_TYPE)
-            self.finish(encode({"errcode": reason.errcode, "error": reason.message}))
+            self.set_header("Content-Type", "application/json; charset=UTF-8")
+            document = error_document(reason.errcode, reason.message, scope.request_id)
+            self.finish(json.dumps(document, separators=(",", ":")))
         else:
-            error = ServletError(reason.status, reason.message, reason.errcode)
+            error = RequestCancelled(reason)
             self.send_error(reason.status, exc_info=(type(error), error, None))
 
-    def _deadline_seconds(self) -> Optional[float]:
+    def _jsonservlet_deadline_seconds(self) -> Optional[float]:
         """This request's deadline in seconds from now, or None."""
         settings = self.settings
-        if self._deadline_from_class:
+        if type(self) in _classes_with_deadline:
             seconds = self.request_deadline
         else:
             seconds = settings.get("request_deadline")
@@ -544,23 +625,12 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
                 seconds = theirs if seconds is None else min(seconds, theirs)
         return seconds
 
-    def _start_deadline(self, seconds: float) -> None:
+    def _jsonservlet_start_deadline(self, scope: RequestScope, seconds: float) -> None:
         # The context is the request task's own copy: everything the request
         # starts from here (child tasks, threads, outbound calls) sees it.
-        self._deadline_at = context.loop_time() + seconds
-        context.request_deadline.set(self._deadline_at)
+        scope.deadline_at = context.loop_time() + seconds
+        context.request_deadline.set(scope.deadline_at)
         header = self.settings.get("deadline_header")
         if header:
             context.deadline_header.set(header)
         self.call_later(seconds, self.cancel_request, DEADLINE_EXCEEDED)
-
-    def _owned_work(self) -> set[Union[asyncio.TimerHandle, asyncio.Task[Any]]]:
-        if self._owned is None:
-            self._owned = set()
-        return self._owned
-
-    def _release_request_work(self) -> None:
-        """Cancel the timers and child tasks that exist only for this request."""
-        owned, self._owned = self._owned, None
-        for work in owned or ():
-            work.cancel()

@@ -15,7 +15,8 @@ to build on:
 :class:`ClientConnectionMixin` closes those gaps without touching the subclass's
 methods (applications introspect them): it registers its own close callbacks on
 the connection, which record the disconnect and then call whatever
-``on_connection_close`` the class has. The answer lives in a single flag. Every
+``on_connection_close`` the class has. The answer lives in the request's
+:class:`~tornado_jsonservlet.core.scope.RequestScope`. Every
 other part of the toolkit (safe output, cancellation) asks it rather than keeping
 its own notion of "gone": two mixins with two flags disagree exactly when it
 matters.
@@ -24,13 +25,16 @@ matters.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import tornado.httputil
 import tornado.web
 from tornado.log import app_log
 
-__all__ = ["CLIENT_CLOSED_REQUEST", "ClientConnectionMixin", "abort_response"]
+from tornado_jsonservlet import tornado_adapter as tornado_internals
+from tornado_jsonservlet.core.scope import RequestScope, scope_of
+
+__all__ = ["CLIENT_CLOSED_REQUEST", "ClientConnectionMixin", "abort_response", "completed"]
 
 #: Status recorded for a request whose client left before the response was sent.
 #: It is never sent (there is nobody to send it to); it exists for the access log
@@ -48,19 +52,18 @@ def abort_response(handler: tornado.web.RequestHandler) -> None:
 
     For an error that happens after the headers went out: finishing normally would
     end a chunked body cleanly and hand the client a corrupt "success". A close
-    leaves the response visibly truncated. The close is the server's decision, so a
-    :class:`ClientConnectionMixin` does not count it as a client disconnect.
+    leaves the response visibly truncated. The close is the server's decision, so
+    it is not counted as a client disconnect.
     """
-    if isinstance(handler, ClientConnectionMixin):
-        handler._stream_closed_by_server = True
+    scope_of(handler).closed_by_server = True
     stream = getattr(handler.request.connection, "stream", None)
     if stream is not None:
         stream.close()
-    if not handler._finished:
+    if not tornado_internals.is_finished(handler):
         handler.finish()
 
 
-class ClientConnectionMixin(tornado.web.RequestHandler):
+class ClientConnectionMixin(tornado_internals.RequestLifecycle):
     """Tracks whether the client left before the response was finished.
 
     A client counts as gone when, before ``finish()``:
@@ -78,13 +81,6 @@ class ClientConnectionMixin(tornado.web.RequestHandler):
     While the client is connected this mixin changes nothing about the handler.
     """
 
-    # Per-request state lives in class-level defaults that are shadowed on first
-    # change, so a request whose client stays costs no extra allocations.
-    _client_gone: bool = False
-    _stream_closed_by_server: bool = False
-    _disconnect_callbacks: Optional[list[tuple[Callable[..., object], tuple[Any, ...]]]] = None
-    _disconnect_waiter: Optional[asyncio.Future[None]] = None
-
     def __init__(
         self,
         application: tornado.web.Application,
@@ -99,25 +95,25 @@ class ClientConnectionMixin(tornado.web.RequestHandler):
         stream = getattr(request.connection, "stream", None)
         # ``is True``: a test double's ``closed()`` returns a truthy mock.
         if stream is not None and stream.closed() is True:
-            self._client_left()
+            self._jsonservlet_client_left()
             return
         # Tornado registered ``self.on_connection_close`` as the close callback;
         # ours records the disconnect first, whatever the subclass's hook does.
         set_close_callback = getattr(request.connection, "set_close_callback", None)
         if set_close_callback is not None:
-            set_close_callback(self._on_close_callback)
-        if stream is not None and tornado.web._has_stream_request_body(type(self)):
+            set_close_callback(self._jsonservlet_on_close)
+        if stream is not None and tornado_internals.streams_request_body(type(self)):
             # While a streamed body is still arriving, Tornado reports a close only
             # by calling ``on_connection_close`` directly; the stream's own close
             # callback is free until the body is read (Tornado then takes it over).
-            stream.set_close_callback(self._on_close_during_upload)
+            stream.set_close_callback(self._jsonservlet_on_close_during_upload)
 
     # -- public API ------------------------------------------------------------
 
     @property
     def client_disconnected(self) -> bool:
         """True once the client has gone away before the response was finished."""
-        return self._client_gone
+        return scope_of(self).client_gone
 
     def wait_for_disconnect(self) -> asyncio.Future[None]:
         """Return an awaitable that completes when the client disconnects.
@@ -125,10 +121,11 @@ class ClientConnectionMixin(tornado.web.RequestHandler):
         It never completes if the request finishes first. Each call returns its own
         shielded view, so cancelling one waiter does not affect the others.
         """
-        waiter = self._disconnect_waiter
+        scope = scope_of(self)
+        waiter = scope.disconnect_waiter
         if waiter is None:
-            waiter = self._disconnect_waiter = asyncio.get_running_loop().create_future()
-            if self._client_gone:
+            waiter = scope.disconnect_waiter = asyncio.get_running_loop().create_future()
+            if scope.client_gone:
                 waiter.set_result(None)
         return asyncio.shield(waiter)
 
@@ -138,12 +135,13 @@ class ClientConnectionMixin(tornado.web.RequestHandler):
         Registered after the disconnect, the callback runs at once; registered after
         the request finished normally, it never runs.
         """
-        if self._client_gone:
-            self._run_disconnect_callback(callback, args)
-        elif not self._finished:
-            if self._disconnect_callbacks is None:
-                self._disconnect_callbacks = []
-            self._disconnect_callbacks.append((callback, args))
+        scope = scope_of(self)
+        if scope.client_gone:
+            _run_disconnect_callback(callback, args)
+        elif not tornado_internals.is_finished(self):
+            if scope.disconnect_callbacks is None:
+                scope.disconnect_callbacks = []
+            scope.disconnect_callbacks.append((callback, args))
 
     def on_disconnect(self) -> None:
         """Override to react when the client disconnects. Called at most once.
@@ -153,12 +151,30 @@ class ClientConnectionMixin(tornado.web.RequestHandler):
         """
 
     def on_connection_close(self) -> None:
-        self._connection_closed()
+        self._jsonservlet_connection_closed()
         super().on_connection_close()
 
-    # -- machinery -------------------------------------------------------------
+    def finish(self, chunk: Any = None) -> asyncio.Future[None]:
+        """Tornado's ``finish``; for a departed client, the one way its request ends.
 
-    def _on_close_callback(self) -> None:
+        Whoever ends such a request (the handler, Tornado's ``_execute``, the
+        cancellation layer, a streamed upload abandoned mid-way) calls
+        ``self.finish()``, so every ``finish`` override of the application runs,
+        as when the client stays. Here, below those overrides, nothing is sent:
+        the response is cleared and logged once with status 499.
+        """
+        scope = scope_of(self)
+        if not scope.client_gone:
+            return super().finish(chunk)
+        if not tornado_internals.is_finished(self):
+            self.clear()
+            self.set_status(CLIENT_CLOSED_REQUEST, CLIENT_CLOSED_REASON)
+            super().finish()
+        return completed()
+
+    # -- machinery (prefixed: the handler's namespace is the application's) -------
+
+    def _jsonservlet_on_close(self) -> None:
         """The connection closed: record it, then run the class's hook and Tornado's.
 
         Tornado's own ``on_connection_close`` (it fails a pending streamed body) is
@@ -166,70 +182,64 @@ class ClientConnectionMixin(tornado.web.RequestHandler):
         is harmless, and running it after one that did not is what keeps Tornado
         from waiting forever for that body.
         """
-        if self._finished:
+        if tornado_internals.is_finished(self):
             return
-        self._connection_closed()
+        self._jsonservlet_connection_closed()
         self.on_connection_close()
         _TornadoRequestHandler.on_connection_close(self)
 
-    def _on_close_during_upload(self) -> None:
+    def _jsonservlet_on_close_during_upload(self) -> None:
         """The stream closed while a streamed body was arriving.
 
         Tornado also calls the class's ``on_connection_close`` in that case, so it is
         not called again here; Tornado's own hook is, so that the body future fails
         even when the override skips ``super()``.
         """
-        if self._finished:
+        if tornado_internals.is_finished(self):
             return
-        self._connection_closed()
+        self._jsonservlet_connection_closed()
         _TornadoRequestHandler.on_connection_close(self)
 
-    def _connection_closed(self) -> None:
+    def _jsonservlet_connection_closed(self) -> None:
         """Tornado reported the connection closed while the handler was working."""
-        self._client_left()
+        self._jsonservlet_client_left()
         # Tornado abandons a streamed upload whose client leaves: ``_execute``
         # returns without finishing, so nothing would log the request. Only the
         # stream-body future says whether the handler is still waiting for data.
-        body = getattr(self.request, "_body_future", None)
-        if body is not None and not body.done() and hasattr(self, "_transforms"):
-            self._finish_as_disconnected()
+        if tornado_internals.body_still_arriving(
+            self.request
+        ) and tornado_internals.execute_started(self):
+            self.finish()
 
-    def _client_left(self) -> None:
+    def _jsonservlet_client_left(self) -> None:
         """Record the disconnect. Idempotent; ignored once the request finished."""
-        if self._client_gone or self._finished or self._stream_closed_by_server:
+        scope = scope_of(self)
+        if scope.client_gone or scope.closed_by_server or tornado_internals.is_finished(self):
             return
-        self._client_gone = True
-        if self._disconnect_waiter is not None and not self._disconnect_waiter.done():
-            self._disconnect_waiter.set_result(None)
-        self._on_client_left()
+        scope.client_gone = True
+        if scope.disconnect_waiter is not None and not scope.disconnect_waiter.done():
+            scope.disconnect_waiter.set_result(None)
+        self._jsonservlet_on_client_left(scope)
 
-    def _on_client_left(self) -> None:
+    def _jsonservlet_on_client_left(self, scope: RequestScope) -> None:
         """Extension point for other mixins; runs once, right after the flag is set."""
         try:
             self.on_disconnect()
         except Exception:
             app_log.error("Exception in on_disconnect of %r", self, exc_info=True)
-        callbacks, self._disconnect_callbacks = self._disconnect_callbacks, None
+        callbacks, scope.disconnect_callbacks = scope.disconnect_callbacks, None
         for callback, args in callbacks or ():
-            self._run_disconnect_callback(callback, args)
+            _run_disconnect_callback(callback, args)
 
-    def _run_disconnect_callback(
-        self, callback: Callable[..., object], args: tuple[Any, ...]
-    ) -> None:
-        try:
-            callback(*args)
-        except Exception:
-            app_log.error("Exception in disconnect callback %r", callback, exc_info=True)
 
-    def _finish_as_disconnected(self) -> None:
-        """Finish a request whose client left: nothing is sent, one 499 is logged.
+def completed() -> asyncio.Future[None]:
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    done.set_result(None)
+    return done
 
-        Goes through the normal ``finish()`` machinery below the toolkit's mixins so
-        ``on_finish`` and the access log run exactly as for any other request.
-        """
-        if self._finished:
-            return
-        self.clear()
-        self.set_status(CLIENT_CLOSED_REQUEST, CLIENT_CLOSED_REASON)
-        super().finish()
-        self._disconnect_callbacks = None
+
+def _run_disconnect_callback(callback: Callable[..., object], args: tuple[Any, ...]) -> None:
+    try:
+        callback(*args)
+    except Exception:
+        app_log.error("Exception in disconnect callback %r", callback, exc_info=True)

@@ -22,67 +22,69 @@ import tornado.httputil
 import tornado.web
 from tornado.iostream import StreamClosedError
 
-from tornado_jsonservlet.core.connection import ClientConnectionMixin
+from tornado_jsonservlet import tornado_adapter as tornado_internals
+from tornado_jsonservlet.core.connection import ClientConnectionMixin, completed
+from tornado_jsonservlet.core.scope import scope_of
 
 __all__ = ["SafeWriteMixin"]
 
 _Chunk = Union[str, bytes, dict[str, Any]]
 
 
-def _completed() -> asyncio.Future[None]:
-    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    done.set_result(None)
-    return done
-
-
 class SafeWriteMixin(ClientConnectionMixin):
     """Make ``write``/``flush``/``finish``/``send_error``/``render``/``redirect`` safe.
 
     After a disconnect they do nothing and return completed awaitables; the
-    request is finished once, logged with status 499. A ``StreamClosedError`` from
-    a write in flight marks the client as gone instead of escaping, and it is
-    never logged as an uncaught exception.
+    request is finished once, through the handler's own ``finish()`` (overrides
+    included), and logged with status 499. A ``StreamClosedError`` from a write in
+    flight marks the client as gone instead of escaping, and it is never logged
+    as an uncaught exception.
     """
 
     def write(self, chunk: _Chunk) -> None:
-        if self._client_gone:
+        scope = scope_of(self)
+        if scope.client_gone or scope.ended_early:
             return
         super().write(chunk)
 
     def flush(self, include_footers: bool = False) -> asyncio.Future[None]:
-        if self._client_gone:
-            return _completed()
+        scope = scope_of(self)
+        if scope.client_gone or scope.ended_early:
+            return completed()
         try:
-            return self._without_stream_closed(super().flush(include_footers))
+            return self._jsonservlet_quiet(super().flush(include_footers))
         except tornado.httputil.HTTPOutputError:
-            self._note_server_closed_stream()
+            scope_of(self).closed_by_server = True
             raise
 
     def finish(self, chunk: Optional[_Chunk] = None) -> asyncio.Future[None]:
-        if self._client_gone:
-            self._finish_as_disconnected()
-            return _completed()
+        scope = scope_of(self)
+        if scope.client_gone:
+            return super().finish()  # ClientConnectionMixin ends it as a 499
+        if scope.ended_early and tornado_internals.is_finished(self):
+            return completed()  # the toolkit ended it already; the task catches up
         try:
-            return self._without_stream_closed(super().finish(chunk))
+            return self._jsonservlet_quiet(super().finish(chunk))
         except tornado.httputil.HTTPOutputError:
-            self._note_server_closed_stream()
+            scope_of(self).closed_by_server = True
             raise
 
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
-        if self._client_gone:
-            self._finish_as_disconnected()
+        scope = scope_of(self)
+        if scope.client_gone or (scope.ended_early and tornado_internals.is_finished(self)):
+            self._jsonservlet_end_quietly()
             return
         super().send_error(status_code, **kwargs)
 
     def render(self, template_name: str, **kwargs: Any) -> asyncio.Future[None]:
-        if self._client_gone:
-            self._finish_as_disconnected()
-            return _completed()
+        if scope_of(self).client_gone:
+            self._jsonservlet_end_quietly()
+            return completed()
         return super().render(template_name, **kwargs)
 
     def redirect(self, url: str, permanent: bool = False, status: Optional[int] = None) -> None:
-        if self._client_gone:
-            self._finish_as_disconnected()
+        if scope_of(self).client_gone:
+            self._jsonservlet_end_quietly()
             return
         super().redirect(url, permanent, status)
 
@@ -95,17 +97,16 @@ class SafeWriteMixin(ClientConnectionMixin):
         # A StreamClosedError that escaped from code writing to this request's own
         # connection after the client left is not a bug. One from anywhere else
         # (a backend connection, say) still is, hence the client_disconnected test.
-        if isinstance(value, StreamClosedError) and self._client_gone:
+        if isinstance(value, StreamClosedError) and scope_of(self).client_gone:
             return
         super().log_exception(typ, value, tb)
 
-    def _note_server_closed_stream(self) -> None:
-        # Tornado closed the stream itself (a Content-Length mismatch). That is the
-        # server's error, logged as such by Tornado, not a departed client: the
-        # write failures that follow must not be reported as a disconnect.
-        self._stream_closed_by_server = True
+    def _jsonservlet_end_quietly(self) -> None:
+        """What ``send_error``/``render``/``redirect`` end with: ``finish()``, once."""
+        if not tornado_internals.is_finished(self):
+            self.finish()
 
-    def _without_stream_closed(self, sent: asyncio.Future[None]) -> asyncio.Future[None]:
+    def _jsonservlet_quiet(self, sent: asyncio.Future[None]) -> asyncio.Future[None]:
         """Relay ``sent``, turning ``StreamClosedError`` into a disconnect.
 
         When the stream dies, Tornado fails pending writes *before* it runs the close
@@ -118,8 +119,8 @@ class SafeWriteMixin(ClientConnectionMixin):
             if error is None:
                 return sent
             if isinstance(error, StreamClosedError):
-                self._client_left()
-                return _completed()
+                self._jsonservlet_client_left()
+                return completed()
             return sent
         relayed: asyncio.Future[None] = sent.get_loop().create_future()
 
@@ -130,7 +131,7 @@ class SafeWriteMixin(ClientConnectionMixin):
                 return
             error = sent.exception()  # always retrieved: no "never retrieved" warning
             if isinstance(error, StreamClosedError):
-                self._client_left()
+                self._jsonservlet_client_left()
                 error = None
             if relayed.done():  # the awaiting handler was cancelled meanwhile
                 return

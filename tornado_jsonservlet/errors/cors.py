@@ -20,6 +20,7 @@ from typing import Any
 
 import tornado.web
 
+from tornado_jsonservlet import tornado_adapter as tornado_internals
 from tornado_jsonservlet.core.headers import is_token
 
 __all__ = ["CorsMixin"]
@@ -127,7 +128,7 @@ class CorsMixin(tornado.web.RequestHandler):
 
     def set_cors_preflight_headers(self, allowed_methods: Collection[str]) -> None:
         """Headers for an ``OPTIONS`` preflight answer, when the origin is allowed."""
-        if not self._headers.get("Access-Control-Allow-Origin"):
+        if not tornado_internals.response_headers(self).get("Access-Control-Allow-Origin"):
             return
         self.set_header("Access-Control-Allow-Methods", ", ".join(allowed_methods))
         if self.cors_allow_headers:

@@ -59,9 +59,11 @@ import tornado.web
 from tornado.iostream import StreamClosedError
 from tornado.log import app_log, gen_log
 
-from tornado_jsonservlet.core.cancellation import CancelOnDisconnectMixin
+from tornado_jsonservlet import tornado_adapter as tornado_internals
+from tornado_jsonservlet.core.cancellation import RequestCancelled
 from tornado_jsonservlet.core.connection import abort_response
 from tornado_jsonservlet.core.headers import check_header, header_value_problem, parse_accept
+from tornado_jsonservlet.core.scope import scope_of
 from tornado_jsonservlet.errors.exceptions import ServletError, reason_phrase
 from tornado_jsonservlet.jsonio.codec import JSON_CONTENT_TYPE, encode
 
@@ -120,10 +122,13 @@ def _cancelling(handler: tornado.web.RequestHandler) -> bool:
     Tornado 6.6 answers a cancelled request task with ``send_error(500)``, which
     reaches this mixin first when it precedes the cancellation mixin in the MRO.
     """
-    return isinstance(handler, CancelOnDisconnectMixin) and handler._cancel_in_flight
+    return scope_of(handler).delivered
 
 
 def _builtin_error(exc: tornado.web.HTTPError) -> ServletError:
+    if isinstance(exc, RequestCancelled):
+        reason = exc.cancel_reason
+        return ServletError(reason.status, reason.message, reason.errcode)
     """An HTTPError as rendered: its reason phrase, never its ``log_message``."""
     if isinstance(exc, ServletError):
         return exc
@@ -155,7 +160,7 @@ def _log_http_error(
         error.code,
         error.errcode,
         error.msg,
-        handler._request_summary(),
+        tornado_internals.request_summary(handler),
         f" -- {detail}" if detail else "",
     )
 
@@ -186,8 +191,6 @@ class ErrorRenderingMixin(tornado.web.RequestHandler):
 
     #: ``{ExceptionClass: handler}`` applied to this class and its subclasses.
     error_handlers: ClassVar[Mapping[type[BaseException], ErrorHandler]] = {}
-
-    _pending_log: Optional[BaseException] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -247,7 +250,7 @@ class ErrorRenderingMixin(tornado.web.RequestHandler):
             if not isinstance(value, tornado.web.HTTPError):
                 app_log.warning(
                     "Exception after client disconnected: %s",
-                    self._request_summary(),
+                    tornado_internals.request_summary(self),
                     exc_info=(typ, value, tb),  # type: ignore[arg-type]
                 )
             return
@@ -257,20 +260,28 @@ class ErrorRenderingMixin(tornado.web.RequestHandler):
             if _has_application_log_exception(type(self)):  # type: ignore[arg-type]
                 super().log_exception(typ, value, tb)
             return
-        if handler is None or self._finished or self._headers_written:
+        if (
+            handler is None
+            or tornado_internals.is_finished(self)
+            or tornado_internals.headers_sent(self)
+        ):
             super().log_exception(typ, value, tb)  # Tornado's "Uncaught exception"
             return
         # An error handler decides the outcome; write_error logs it once known
         # (or send_error, should an overridden write_error never get there).
-        self._pending_log = value
+        scope_of(self).pending_log = value
 
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
-        if self._headers_written and not self._finished and not _cancelling(self):
+        if (
+            tornado_internals.headers_sent(self)
+            and not tornado_internals.is_finished(self)
+            and not _cancelling(self)
+        ):
             if "exc_info" not in kwargs:
                 app_log.error(
                     "Error %d after the headers were sent; connection aborted: %s",
                     status_code,
-                    self._request_summary(),
+                    tornado_internals.request_summary(self),
                 )
             self.set_status(status_code)  # for the access log only
             abort_response(self)
@@ -278,7 +289,8 @@ class ErrorRenderingMixin(tornado.web.RequestHandler):
         try:
             super().send_error(status_code, **kwargs)
         finally:
-            pending, self._pending_log = self._pending_log, None
+            scope = scope_of(self)
+            pending, scope.pending_log = scope.pending_log, None
             if pending is not None:
                 # An overridden write_error rendered it without this mixin's help:
                 # Tornado made it a 500 (or the HTTPError's status).
@@ -290,7 +302,8 @@ class ErrorRenderingMixin(tornado.web.RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc: Optional[BaseException] = kwargs["exc_info"][1] if "exc_info" in kwargs else None
         error, expected = self._resolve_error(status_code, exc)
-        pending, self._pending_log = self._pending_log, None
+        scope = scope_of(self)
+        pending, scope.pending_log = scope.pending_log, None
         if exc is not None and pending is exc:
             self._log_outcome(exc, error, expected)
         if error is not None:
@@ -307,7 +320,9 @@ class ErrorRenderingMixin(tornado.web.RequestHandler):
         """
         if exc is None:
             # send_error(code) called directly: the reason given, if any, is the message.
-            return ServletError(status_code, self._reason or reason_phrase(status_code)), True
+            return ServletError(
+                status_code, tornado_internals.reason_phrase(self) or reason_phrase(status_code)
+            ), True
         handler = self.find_error_handler(exc)
         if handler is None:
             return self._internal_error(exc), False
@@ -337,7 +352,9 @@ class ErrorRenderingMixin(tornado.web.RequestHandler):
             return  # the broken error handler was logged already
         if error is None:
             gen_log.info(
-                "%s handled by its error handler: %s", type(exc).__name__, self._request_summary()
+                "%s handled by its error handler: %s",
+                type(exc).__name__,
+                tornado_internals.request_summary(self),
             )
         elif not expected:
             super().log_exception(type(exc), exc, exc.__traceback__)
@@ -379,8 +396,8 @@ class JsonErrorMixin(ErrorRenderingMixin):
     def error_body(self, error: ServletError, exc: Optional[BaseException]) -> tuple[str, bytes]:
         body = error.to_dict()
         # With RequestIdMixin: the ID a client quotes when it reports the error.
-        request_id = getattr(self, "request_id", None)
-        if isinstance(request_id, str) and "request_id" not in body:
+        request_id = scope_of(self).request_id
+        if request_id is not None and "request_id" not in body:
             body["request_id"] = request_id
         return JSON_CONTENT_TYPE, encode(body)
 

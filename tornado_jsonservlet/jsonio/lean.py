@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Callable
 
 import tornado
 import tornado.httputil
 import tornado.web
+
+from tornado_jsonservlet import tornado_adapter as tornado_internals
 
 __all__ = ["LeanResponseMixin", "http_date"]
 
@@ -43,28 +46,27 @@ def http_date() -> str:
     return text
 
 
-class LeanResponseMixin(tornado.web.RequestHandler):
+class LeanResponseMixin(tornado_internals.RequestLifecycle):
     """Same responses and logs as Tornado, with less work per request."""
 
     def clear(self) -> None:
-        self._headers = tornado.httputil.HTTPHeaders(
-            {
-                "Server": _SERVER_HEADER,
-                "Content-Type": "text/html; charset=UTF-8",
-                "Date": http_date(),
-            }
+        tornado_internals.reset_response(
+            self,
+            tornado.httputil.HTTPHeaders(
+                {
+                    "Server": _SERVER_HEADER,
+                    "Content-Type": "text/html; charset=UTF-8",
+                    "Date": http_date(),
+                }
+            ),
         )
-        self.set_default_headers()
-        self._write_buffer = []
-        self._status_code = 200
-        self._reason = "OK"
 
     def check_etag_header(self) -> bool:
-        if "Etag" not in self._headers:
+        if "Etag" not in tornado_internals.response_headers(self):
             return False  # what Tornado's check returns when no ETag was computed
         return super().check_etag_header()
 
-    def _log(self) -> None:
+    def _jsonservlet_log(self, write_access_line: Callable[[], None]) -> None:
         if "log_function" not in self.settings:
             status = self.get_status()
             level = (
@@ -72,4 +74,4 @@ class LeanResponseMixin(tornado.web.RequestHandler):
             )
             if not _access_log.isEnabledFor(level):
                 return
-        super()._log()
+        super()._jsonservlet_log(write_access_line)

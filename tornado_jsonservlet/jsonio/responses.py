@@ -34,7 +34,9 @@ from typing import Any, Literal, Optional, TypeVar, overload
 
 import tornado.web
 
+from tornado_jsonservlet import tornado_adapter as tornado_internals
 from tornado_jsonservlet.core.headers import MediaType, parse_content_length, parse_media_type
+from tornado_jsonservlet.core.scope import scope_of
 from tornado_jsonservlet.errors.exceptions import (
     BadRequest,
     PayloadTooLarge,
@@ -152,8 +154,6 @@ class JsonResponseMixin(tornado.web.RequestHandler):
     #: Compute Tornado's SHA-1 ETag over JSON bodies (off: it rarely pays for itself).
     json_etag: bool = False
 
-    _json_response: bool = False
-
     def write_json(
         self, obj: Any, status: int = 200, *, canonical: Optional[bool] = None
     ) -> Awaitable[None]:
@@ -209,12 +209,12 @@ class JsonResponseMixin(tornado.web.RequestHandler):
         await self.finish()
 
     def compute_etag(self) -> Optional[str]:
-        if self._json_response and not self.json_etag:
+        if scope_of(self).json_response and not self.json_etag:
             return None
         return super().compute_etag()
 
     def _start_json(self, status: int) -> None:
-        self._json_response = True
+        scope_of(self).json_response = True
         self.set_status(status)
         self.set_header("Content-Type", JSON_CONTENT_TYPE)
 
@@ -254,6 +254,26 @@ def _is_json_media_type(media: Optional[MediaType]) -> bool:
     )
 
 
+class _BodyState:
+    """The request body as it arrives and once decoded (``scope.json_body``)."""
+
+    __slots__ = ("chunks", "decoded", "received", "value")
+
+    def __init__(self) -> None:
+        self.chunks: Optional[list[bytes]] = None
+        self.received = 0
+        self.decoded = False
+        self.value: Any = None
+
+
+def _body_state(handler: tornado.web.RequestHandler) -> _BodyState:
+    scope = scope_of(handler)
+    state: Optional[_BodyState] = scope.json_body
+    if state is None:
+        state = scope.json_body = _BodyState()
+    return state
+
+
 class JsonBodyMixin(tornado.web.RequestHandler):
     """``self.json_body``: the decoded request body, or a clear 4xx.
 
@@ -267,11 +287,6 @@ class JsonBodyMixin(tornado.web.RequestHandler):
     json_body_limit: int = 1024 * 1024
     #: Require ``Content-Type: application/json`` (or ``application/*+json``).
     json_require_content_type: bool = True
-
-    _json_chunks: Optional[list[bytes]] = None
-    _json_received: int = 0
-    _json_decoded: bool = False
-    _json_value: Any = None
 
     def prepare(self) -> Any:
         declared = self.request.headers.get("Content-Length")
@@ -291,17 +306,18 @@ class JsonBodyMixin(tornado.web.RequestHandler):
         return super().prepare()
 
     def data_received(self, chunk: bytes) -> None:
-        if self._finished:
+        if tornado_internals.is_finished(self):
             return
-        self._json_received += len(chunk)
-        if self._json_received > self.json_body_limit:
-            self._json_chunks = None
+        body = _body_state(self)
+        body.received += len(chunk)
+        if body.received > self.json_body_limit:
+            body.chunks = None
             error = self._too_large()
             self.send_error(error.code, exc_info=(type(error), error, None))
             return
-        if self._json_chunks is None:
-            self._json_chunks = []
-        self._json_chunks.append(chunk)
+        if body.chunks is None:
+            body.chunks = []
+        body.chunks.append(chunk)
 
     @property
     def json_body(self) -> dict[str, Any]:
@@ -329,14 +345,16 @@ class JsonBodyMixin(tornado.web.RequestHandler):
             400 ``BAD_JSON`` for invalid JSON or UTF-8, or a non-object when
             ``object_required``; 413 ``TOO_LARGE`` over ``json_body_limit``.
         """
-        if not self._json_decoded:
-            self._json_value = self._decode_body(required, object_required)
-            self._json_decoded = True
-        return self._json_value
+        state = _body_state(self)
+        if not state.decoded:
+            state.value = self._decode_body(required, object_required)
+            state.decoded = True
+        return state.value
 
     def _body_bytes(self) -> bytes:
-        if self._json_chunks is not None:
-            return b"".join(self._json_chunks)
+        chunks = _body_state(self).chunks
+        if chunks is not None:
+            return b"".join(chunks)
         body = self.request.body
         return body if isinstance(body, bytes) else b""
 

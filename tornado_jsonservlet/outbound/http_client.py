@@ -59,20 +59,16 @@ import socket
 import time
 from typing import Any, Awaitable, Callable, Optional, Union
 
-import tornado
 from tornado import gen
 from tornado.concurrent import Future
 from tornado.httpclient import HTTPRequest, HTTPResponse
 from tornado.httputil import HTTPHeaders
 from tornado.iostream import IOStream
 from tornado.netutil import Resolver
-from tornado.simple_httpclient import (
-    HTTPTimeoutError,
-    SimpleAsyncHTTPClient,
-    _HTTPConnection,
-)
+from tornado.simple_httpclient import HTTPTimeoutError, SimpleAsyncHTTPClient
 from tornado.tcpclient import TCPClient
 
+from tornado_jsonservlet import tornado_adapter as tornado_internals
 from tornado_jsonservlet.core.context import deadline_header, loop_time, request_deadline
 from tornado_jsonservlet.production.request_id import REQUEST_ID_HEADER, current_request_id
 
@@ -81,9 +77,7 @@ _DEADLINE_BACKSTOP = 0.05
 
 __all__ = ["CancellableHTTPClient"]
 
-# Tornado 6.6 closes the sockets of a connection attempt or TLS handshake when the
-# task awaiting it is cancelled; earlier versions leave them open until they finish.
-_CANCEL_CLOSES_HANDSHAKE = tornado.version_info >= (6, 6)
+_CANCEL_CLOSES_HANDSHAKE = tornado_internals.CANCEL_CLOSES_HANDSHAKE
 
 
 class _Fetch:
@@ -156,7 +150,7 @@ def _read_outcome(future: Future[Any]) -> None:
         future.exception()
 
 
-class _ConnectAttempts(TCPClient):
+class _ConnectAttempts(tornado_internals.StreamRecordingTCPClient):
     """The TCP client of one request: it remembers the sockets it opens.
 
     Tornado before 6.6 keeps a connection attempt going after the task awaiting it
@@ -167,23 +161,8 @@ class _ConnectAttempts(TCPClient):
         super().__init__(resolver=_QuietResolver(resolver))
         self.streams: list[IOStream] = []
 
-    def _create_stream(
-        self,
-        max_buffer_size: Optional[int],
-        af: socket.AddressFamily,
-        addr: tuple[Any, ...],
-        source_ip: Optional[str] = None,
-        source_port: Optional[int] = None,
-    ) -> tuple[IOStream, Future[IOStream]]:
-        stream, connected = super()._create_stream(
-            max_buffer_size,  # type: ignore[arg-type,unused-ignore]  # int on 6.4
-            af,
-            addr,
-            source_ip=source_ip,
-            source_port=source_port,
-        )
+    def stream_created(self, stream: IOStream) -> None:
         self.streams.append(stream)
-        return stream, connected
 
     def handshaking(self) -> bool:
         """True while a TLS handshake is under way.
@@ -206,7 +185,7 @@ def _socket_of(stream: IOStream) -> Optional[socket.socket]:
     return stream.socket
 
 
-class _CancellableConnection(_HTTPConnection):
+class _CancellableConnection(tornado_internals.HTTPClientConnection):
     """Tornado's connection for one request, plus :meth:`abort`."""
 
     _task: Optional[asyncio.Task[Any]] = None
@@ -307,7 +286,7 @@ class _CancellableConnection(_HTTPConnection):
             super().finish()
 
 
-class CancellableHTTPClient(SimpleAsyncHTTPClient):
+class CancellableHTTPClient(tornado_internals.AbortableClient):
     """``SimpleAsyncHTTPClient`` whose requests abort when their future is cancelled.
 
     See the module documentation. Construct and configure it exactly like
@@ -315,6 +294,8 @@ class CancellableHTTPClient(SimpleAsyncHTTPClient):
 
         AsyncHTTPClient.configure("tornado_jsonservlet.outbound.CancellableHTTPClient")
     """
+
+    connection_type = _CancellableConnection
 
     # Hand-over slots between fetch() and the hooks it calls synchronously.
     _registering: Optional[_Fetch] = None
@@ -377,9 +358,6 @@ class CancellableHTTPClient(SimpleAsyncHTTPClient):
             key = next(reversed(self.waiting))
             if self.waiting[key][1] is record:
                 record.key = key
-
-    def _connection_class(self) -> type:
-        return _CancellableConnection
 
     def _abort(self, record: Optional[_Fetch]) -> None:
         """Abort a fetch whose caller cancelled it, and any redirect it led to."""

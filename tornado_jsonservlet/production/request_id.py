@@ -24,11 +24,15 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Awaitable
 from contextvars import ContextVar
 from types import TracebackType
-from typing import ClassVar, Optional
+from typing import Callable, ClassVar, Optional
 
 import tornado.web
+
+from tornado_jsonservlet import tornado_adapter as tornado_internals
+from tornado_jsonservlet.core.scope import scope_of
 
 __all__ = [
     "REQUEST_ID_HEADER",
@@ -94,7 +98,7 @@ class RequestIdLogFilter(logging.Filter):
         return True
 
 
-class RequestIdMixin(tornado.web.RequestHandler):
+class RequestIdMixin(tornado_internals.RequestLifecycle):
     """Give every request an ID; see the module documentation.
 
     Mix it in before ``RequestHandler`` (order among the toolkit's mixins does not
@@ -105,19 +109,18 @@ class RequestIdMixin(tornado.web.RequestHandler):
     #: Accept a valid incoming ``X-Request-ID`` instead of generating one.
     trust_request_id: ClassVar[bool] = True
 
-    _request_id: Optional[str] = None
-
     @property
     def request_id(self) -> str:
         """This request's ID (chosen on first use, then fixed)."""
-        request_id = self._request_id
+        scope = scope_of(self)
+        request_id = scope.request_id
         if request_id is None:
             incoming = (
                 valid_request_id(self.request.headers.get(REQUEST_ID_HEADER))
                 if self.trust_request_id
                 else None
             )
-            request_id = self._request_id = incoming or new_request_id()
+            request_id = scope.request_id = incoming or new_request_id()
         return request_id
 
     def set_default_headers(self) -> None:
@@ -125,21 +128,23 @@ class RequestIdMixin(tornado.web.RequestHandler):
         super().set_default_headers()
         self.set_header(REQUEST_ID_HEADER, self.request_id)
 
-    async def _execute(
-        self, transforms: list[tornado.web.OutputTransform], *args: bytes, **kwargs: bytes
+    async def _jsonservlet_execute(
+        self,
+        run: Callable[[], Awaitable[None]],
+        transforms: list[tornado.web.OutputTransform],
     ) -> None:
         # Tornado runs the whole request in this coroutine's task, which has its
         # own copy of the context: a variable set here is seen by the handler and
         # by the tasks it starts, and by nothing else. It dies with the task.
         _current.set(self.request_id)
-        await super()._execute(transforms, *args, **kwargs)
+        await super()._jsonservlet_execute(run, transforms)
 
-    def _log(self) -> None:
+    def _jsonservlet_log(self, write_access_line: Callable[[], None]) -> None:
         # The access line may be written outside the request's task (a request
         # finished from a disconnect callback); give the filter the ID there too.
         token = _current.set(self.request_id)
         try:
-            super()._log()
+            super()._jsonservlet_log(write_access_line)
         finally:
             _current.reset(token)
 

@@ -49,6 +49,7 @@ import tornado.httputil
 import tornado.web
 from tornado.log import gen_log
 
+from tornado_jsonservlet import tornado_adapter as tornado_internals
 from tornado_jsonservlet.core.cancellation import (
     CancelOnDisconnectMixin,
     CancelReason,
@@ -381,7 +382,11 @@ class GracefulShutdown:
             if not self._pending() or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(_POLL_SECONDS)
-        return sum(1 for h in told if h._finished and h.get_status() == SHUTTING_DOWN.status)
+        return sum(
+            1
+            for h in told
+            if tornado_internals.is_finished(h) and h.get_status() == SHUTTING_DOWN.status
+        )
 
     async def _close_connections(self) -> None:
         for server in self.servers:

@@ -56,8 +56,10 @@ import jinja2
 import tornado.httputil
 import tornado.web
 
+from tornado_jsonservlet import tornado_adapter as tornado_internals
 from tornado_jsonservlet.core.cancellation import CancelOnDisconnectMixin
 from tornado_jsonservlet.core.headers import parse_media_type
+from tornado_jsonservlet.core.scope import scope_of
 from tornado_jsonservlet.errors.cors import CorsMixin
 from tornado_jsonservlet.errors.exceptions import BadRequest, Forbidden, MethodNotAllowed, NotFound
 from tornado_jsonservlet.errors.rendering import HtmlErrorMixin, JsonErrorMixin
@@ -93,6 +95,20 @@ def implemented_methods(cls: type) -> tuple[str, ...]:
     return (*found, "OPTIONS")
 
 
+class _ServletState:
+    """A servlet request's state in its scope (``scope.servlet``)."""
+
+    __slots__ = ("body_complete", "route", "xsrf_check_due")
+
+    def __init__(self, route: ServletRoute) -> None:
+        self.route = route
+        self.body_complete = False
+        self.xsrf_check_due = False
+
+
+_NO_ROUTE = ServletRoute(pattern="")
+
+
 @tornado.web.stream_request_body
 class _ServletBase(
     CancelOnDisconnectMixin, CorsMixin, JsonBodyMixin, LeanResponseMixin, tornado.web.RequestHandler
@@ -105,10 +121,6 @@ class _ServletBase(
     servlet_name: ClassVar[str] = "_ServletBase"
     #: ``(method, ...)``, derived from the ``on_<METHOD>`` methods present.
     allowed_methods: ClassVar[tuple[str, ...]] = ("OPTIONS",)
-
-    _route: ServletRoute = ServletRoute(pattern="")
-    _body_complete: bool = False
-    _xsrf_check_due: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -123,13 +135,12 @@ class _ServletBase(
         **kwargs: Any,
     ) -> None:
         route = kwargs.pop(ROUTE_KWARG, None)
-        if route is not None:
-            self._route = route
+        scope_of(self).servlet = _ServletState(route or _NO_ROUTE)
         super().__init__(application, request, **kwargs)
 
     # -- dispatch ----------------------------------------------------------------
 
-    def _verb_function(self) -> Any:
+    def _jsonservlet_verb_function(self) -> Any:
         # The cancellation policy follows the servlet's own method: ``@cancellable``
         # goes on ``on_POST``, not on the dispatching ``post``.
         method = self.request.method or ""
@@ -163,8 +174,9 @@ class _ServletBase(
 
     async def _dispatch(self, method: str, raw_params: Mapping[str, str]) -> None:
         self._complete_body()
-        if self._xsrf_check_due:
-            self._xsrf_check_due = False
+        state: _ServletState = scope_of(self).servlet
+        if state.xsrf_check_due:
+            state.xsrf_check_due = False
             self.check_xsrf_cookie()
         target = getattr(self, f"on_{method}", None)
         if target is None:
@@ -173,7 +185,7 @@ class _ServletBase(
         result = target(**params)
         if inspect.isawaitable(result):
             result = await result
-        if result is None or self._finished:
+        if result is None or tornado_internals.is_finished(self):
             return
         if isinstance(result, tuple):
             if len(result) != 2 or not isinstance(result[0], int):
@@ -197,7 +209,7 @@ class _ServletBase(
             # when decoding parameters, so a raw non-ASCII byte would reach the
             # servlet as mojibake. Clients percent-encode; anything else is refused.
             raise BadRequest("The request path must be ASCII; percent-encode other characters")
-        route = self._route
+        route: ServletRoute = scope_of(self).servlet.route
         params: dict[str, Any] = {}
         for name, value in raw_params.items():
             converter = route.converters.get(name)
@@ -217,8 +229,9 @@ class _ServletBase(
         ``_dispatch`` calls this method again (overrides included) with the body
         in place. Failures are 403s with an ``errcode`` naming what is wrong.
         """
-        if not self._body_complete:
-            self._xsrf_check_due = True
+        state: _ServletState = scope_of(self).servlet
+        if not state.body_complete:
+            state.xsrf_check_due = True
             return
         token = (
             self.get_argument("_xsrf", None)
@@ -242,7 +255,7 @@ class _ServletBase(
 
     def _complete_body(self) -> None:
         """Make the streamed body look like a normal one to code that reads it."""
-        self._body_complete = True
+        scope_of(self).servlet.body_complete = True
         body = self._body_bytes()
         self.request.body = body
         content_type = self.request.headers.get("Content-Type", "")
@@ -270,9 +283,9 @@ class _ServletBase(
 
     # -- logs and metrics ------------------------------------------------------
 
-    def _log(self) -> None:
-        super()._log()
-        metrics = self._route.metrics
+    def _jsonservlet_log(self, write_access_line: Callable[[], None]) -> None:
+        super()._jsonservlet_log(write_access_line)
+        metrics = scope_of(self).servlet.route.metrics
         if metrics is not None:
             metrics.observe(
                 self.servlet_name,

@@ -52,10 +52,13 @@ import math
 from collections.abc import AsyncIterable, Awaitable
 from typing import Any, ClassVar, NoReturn, Optional, TypeVar, Union
 
+import tornado.web
 from tornado.httputil import HTTPOutputError
 from tornado.iostream import IOStream, StreamClosedError
 
+from tornado_jsonservlet import tornado_adapter as tornado_internals
 from tornado_jsonservlet.core.cancellation import CancelOnDisconnectMixin
+from tornado_jsonservlet.core.scope import scope_of
 from tornado_jsonservlet.errors.exceptions import BadRequest
 from tornado_jsonservlet.jsonio.codec import encode
 from tornado_jsonservlet.streams.broadcast import EndReason, Subscription
@@ -107,6 +110,41 @@ def _positive_number(cls: type, name: str, allow_none: bool) -> None:
         raise TypeError(f"{cls.__name__}.{name} must be a positive number, not {value!r}")
 
 
+class _StreamState:
+    """A streamed response's state in its request scope (``scope.stream``)."""
+
+    __slots__ = (
+        "direct_stream",
+        "direct_writes",
+        "dropping",
+        "last_event_id",
+        "last_event_id_read",
+        "last_sent",
+        "stream_started",
+        "writer",
+        "yielded_at",
+    )
+
+    def __init__(self) -> None:
+        self.stream_started = False
+        self.writer: Optional[OrderedWriter] = None
+        self.direct_writes = False
+        self.direct_stream: Optional[IOStream] = None
+        self.last_sent = 0.0
+        self.dropping = False
+        self.yielded_at = 0.0
+        self.last_event_id_read = False
+        self.last_event_id: Optional[str] = None
+
+
+def _stream_state(handler: tornado.web.RequestHandler) -> _StreamState:
+    scope = scope_of(handler)
+    state: Optional[_StreamState] = scope.stream
+    if state is None:
+        state = scope.stream = _StreamState()
+    return state
+
+
 class StreamingResponseMixin(CancelOnDisconnectMixin):
     """Shared machinery of streamed responses: headers, serialised sends, the byte bound.
 
@@ -116,14 +154,6 @@ class StreamingResponseMixin(CancelOnDisconnectMixin):
 
     #: Bytes a client may fall behind by before its connection is closed.
     max_buffered_bytes: ClassVar[int] = 1024 * 1024
-
-    _stream_started: bool = False
-    _writer: Optional[OrderedWriter] = None
-    _direct_writes: bool = False
-    _direct_stream: Optional[IOStream] = None
-    _last_sent: float = 0.0
-    _dropping: bool = False
-    _yielded_at: float = 0.0
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -140,13 +170,13 @@ class StreamingResponseMixin(CancelOnDisconnectMixin):
         Counts the write in flight and any sends waiting behind it; the connection
         is closed when a new send finds more than ``max_buffered_bytes`` here.
         """
-        writer = self._writer
+        writer = _stream_state(self).writer
         return 0 if writer is None else writer.buffered
 
     @property
     def stream_started(self) -> bool:
         """True once the response headers went out; errors can no longer be rendered."""
-        return self._stream_started
+        return _stream_state(self).stream_started
 
     async def start_stream(self) -> None:
         """Send the headers now rather than with the first item.
@@ -154,7 +184,7 @@ class StreamingResponseMixin(CancelOnDisconnectMixin):
         Useful when the first item may take a while: the client sees the stream
         open at once (an ``EventSource`` fires ``open``).
         """
-        if not self._stream_started:
+        if not _stream_state(self).stream_started:
             await self.send_bytes(b"")
 
     def set_stream_headers(self) -> None:
@@ -172,7 +202,7 @@ class StreamingResponseMixin(CancelOnDisconnectMixin):
         if not self._connected():
             await self._stop_producer()
         flushed = self._send_now(data)
-        if self._dropping:
+        if _stream_state(self).dropping:
             await self._wait_until_dropped()
         if flushed is not None:
             # Shielded: the future is shared by everything queued with this data.
@@ -182,9 +212,9 @@ class StreamingResponseMixin(CancelOnDisconnectMixin):
             # disconnect. A cancellable request is cancelled at this await.
             await self._stop_producer()
         now = asyncio.get_running_loop().time()
-        if now - self._yielded_at >= _MAX_RUN_SECONDS:
+        if now - _stream_state(self).yielded_at >= _MAX_RUN_SECONDS:
             await asyncio.sleep(0)
-            self._yielded_at = now
+            _stream_state(self).yielded_at = now
 
     # -- machinery -------------------------------------------------------------
 
@@ -196,14 +226,14 @@ class StreamingResponseMixin(CancelOnDisconnectMixin):
         disconnected instead, and nothing is sent. Never suspends, so a relay can
         call it from inside ``publish``.
         """
-        writer = self._writer
+        writer = _stream_state(self).writer
         if writer is None:
-            writer = self._writer = OrderedWriter(self._write_chunk)
+            writer = _stream_state(self).writer = OrderedWriter(self._write_chunk)
         behind = writer.buffered
         if behind and behind + len(data) > self.max_buffered_bytes:
             self._close_slow_client(behind + len(data))
             return None
-        self._last_sent = asyncio.get_running_loop().time()
+        _stream_state(self).last_sent = asyncio.get_running_loop().time()
         return writer.send(data)
 
     def _write_chunk(self, data: bytes) -> Optional[asyncio.Future[None]]:
@@ -222,10 +252,10 @@ class StreamingResponseMixin(CancelOnDisconnectMixin):
         cancelled with the request) is dropped: written now, it would follow the
         terminating chunk, where the next response on the connection begins.
         """
-        if self._finished:
+        if tornado_internals.is_finished(self):
             return None
-        if self._direct_writes:
-            stream = self._direct_stream
+        if _stream_state(self).direct_writes:
+            stream = _stream_state(self).direct_stream
             if stream is not None and not stream.writing() and not stream.closed():
                 framed = b"%x\r\n%b\r\n" % (len(data), data) if data else data
                 try:
@@ -234,11 +264,11 @@ class StreamingResponseMixin(CancelOnDisconnectMixin):
                     sent = 0
                 if sent == len(framed):
                     return None
-                return self._without_stream_closed(stream.write(framed[sent:]))
+                return self._jsonservlet_quiet(stream.write(framed[sent:]))
             return self._write_through_connection(data)
-        first = not self._stream_started
+        first = not _stream_state(self).stream_started
         if first:
-            self._stream_started = True
+            _stream_state(self).stream_started = True
             self.set_stream_headers()
             self._disable_nagle()
             self._stream_opened()
@@ -256,19 +286,19 @@ class StreamingResponseMixin(CancelOnDisconnectMixin):
         except HTTPOutputError:
             # More than a Content-Length set by the application: Tornado closed
             # the stream, a server error that flush() reports the same way.
-            self._note_server_closed_stream()
+            scope_of(self).closed_by_server = True
             raise
-        return self._without_stream_closed(written)
+        return self._jsonservlet_quiet(written)
 
     def _choose_direct_writes(self) -> None:
         # Decided once the headers are out: only then is the framing known.
-        if getattr(self, "_transforms", None) != [] or self.request.method == "HEAD":
+        if tornado_internals.transforms_of(self) != [] or self.request.method == "HEAD":
             return  # every chunk must go through flush()
-        self._direct_writes = True
+        _stream_state(self).direct_writes = True
         stream = getattr(self.request.connection, "stream", None)
-        chunked = self._headers.get("Transfer-Encoding") == "chunked"
+        chunked = tornado_internals.response_headers(self).get("Transfer-Encoding") == "chunked"
         if type(stream) is IOStream and chunked and not stream.closed():
-            self._direct_stream = stream
+            _stream_state(self).direct_stream = stream
 
     def _stream_opened(self) -> None:
         """Called once, just before the headers are flushed."""
@@ -292,14 +322,14 @@ class StreamingResponseMixin(CancelOnDisconnectMixin):
         raise StreamClosedError(real_error=None)
 
     def _close_slow_client(self, behind: int) -> None:
-        if self._dropping:
+        if _stream_state(self).dropping:
             return
-        self._dropping = True
+        _stream_state(self).dropping = True
         log.info(
             "Client fell %d bytes behind (max_buffered_bytes=%d); closing its connection: %s",
             behind,
             self.max_buffered_bytes,
-            self._request_summary(),
+            tornado_internals.request_summary(self),
         )
         stream = getattr(self.request.connection, "stream", None)
         if stream is not None:
@@ -341,9 +371,6 @@ class EventStreamMixin(StreamingResponseMixin):
     #: Seconds of silence before a heartbeat comment is sent; ``None`` disables it.
     heartbeat_interval: ClassVar[Optional[float]] = 15.0
 
-    _last_event_id_read: bool = False
-    _last_event_id: Optional[str] = None
-
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         _positive_number(cls, "heartbeat_interval", allow_none=True)
@@ -356,13 +383,15 @@ class EventStreamMixin(StreamingResponseMixin):
         UTF-8, containing CR, LF or NUL) raises a 400 ``INVALID_HEADER`` error,
         which can only be rendered before the stream starts.
         """
-        if not self._last_event_id_read:
+        if not _stream_state(self).last_event_id_read:
             try:
-                self._last_event_id = parse_last_event_id(self.request.headers.get("Last-Event-ID"))
+                _stream_state(self).last_event_id = parse_last_event_id(
+                    self.request.headers.get("Last-Event-ID")
+                )
             except ValueError as error:
                 raise BadRequest(str(error), "INVALID_HEADER", header="Last-Event-ID") from None
-            self._last_event_id_read = True
-        return self._last_event_id
+            _stream_state(self).last_event_id_read = True
+        return _stream_state(self).last_event_id
 
     async def send_event(
         self,
@@ -435,7 +464,7 @@ class EventStreamMixin(StreamingResponseMixin):
             # failure, raised by relay_events, never the publisher's (an encoder
             # may raise anything, an application-set Content-Length makes the
             # write raise), and the other subscribers still get the message.
-            if failures or self._dropping or not self._connected():
+            if failures or _stream_state(self).dropping or not self._connected():
                 return
             try:
                 data = memo.get(encode_key)
@@ -457,10 +486,10 @@ class EventStreamMixin(StreamingResponseMixin):
             messages._receive_with(None)
         if failures:
             raise failures[0]
-        if self._dropping:
+        if _stream_state(self).dropping:
             await self._wait_until_dropped()
-        if self._connected() and self._writer is not None:
-            await self._writer.drained()
+        if self._connected() and _stream_state(self).writer is not None:
+            await _stream_state(self).writer.drained()
         if not self._connected():
             await self._stop_producer()
         return messages.ended
@@ -478,7 +507,7 @@ class EventStreamMixin(StreamingResponseMixin):
 
     def _stream_opened(self) -> None:
         super()._stream_opened()
-        self._last_sent = asyncio.get_running_loop().time()
+        _stream_state(self).last_sent = asyncio.get_running_loop().time()
         if self.heartbeat_interval is not None:
             self.call_later(self.heartbeat_interval, self._heartbeat_due)
 
@@ -490,9 +519,9 @@ class EventStreamMixin(StreamingResponseMixin):
         send is in flight: that send already probes the connection.
         """
         interval = self.heartbeat_interval
-        if interval is None or self.client_disconnected or self._finished:
+        if interval is None or self.client_disconnected or tornado_internals.is_finished(self):
             return
-        idle = asyncio.get_running_loop().time() - self._last_sent
+        idle = asyncio.get_running_loop().time() - _stream_state(self).last_sent
         # (timers may fire a clock tick early, hence the tolerance)
         if idle >= interval * 0.99 and self.buffered_bytes == 0:
             self.spawn(self._send_heartbeat())

@@ -1,0 +1,219 @@
+"""One request scope: the toolkit takes one name in the handler's namespace.
+
+Applications mix the toolkit into base classes whose subclasses pick their own
+attribute names. Every name the toolkit used before the scope existed, and a few
+generic ones, are set by this handler's ``initialize()``; everything must still work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import tornado.web
+
+from tests.support import Probe, access_statuses, wait_until
+from tornado_jsonservlet import (
+    CLIENT_LEFT,
+    CancelOnDisconnectMixin,
+    CorsMixin,
+    EventStreamMixin,
+    JsonBodyMixin,
+    JsonErrorMixin,
+    JsonResponseMixin,
+    LeanResponseMixin,
+    RequestIdMixin,
+)
+from tornado_jsonservlet.core.scope import SCOPE_ATTRIBUTE
+from tornado_jsonservlet.testing import RawHTTPConnection
+
+pytestmark = pytest.mark.gen_test
+
+#: Attributes the toolkit kept on handlers before the scope, plus generic ones.
+USER_NAMES = [
+    "_client_gone",
+    "_stream_closed_by_server",
+    "_disconnect_callbacks",
+    "_disconnect_waiter",
+    "_request_task",
+    "_cancel_reason",
+    "_cancel_in_flight",
+    "_shield_depth",
+    "_owned",
+    "_deadline_at",
+    "_json_response",
+    "_json_chunks",
+    "_json_received",
+    "_json_decoded",
+    "_json_value",
+    "_pending_log",
+    "_request_id",
+    "_route",
+    "_body_complete",
+    "_xsrf_check_due",
+    "_stream_started",
+    "_writer",
+    "_direct_writes",
+    "_direct_stream",
+    "_last_sent",
+    "_dropping",
+    "_yielded_at",
+    "_last_event_id_read",
+    "_last_event_id",
+    "_scope",
+    "_state",
+    "_deadline",
+    "_task",
+]
+
+
+class Everything(
+    RequestIdMixin,
+    EventStreamMixin,
+    JsonErrorMixin,
+    CorsMixin,
+    JsonBodyMixin,
+    JsonResponseMixin,
+    LeanResponseMixin,
+    CancelOnDisconnectMixin,
+    tornado.web.RequestHandler,
+):
+    """Every public mixin at once, in a handler whose user picked the toolkit's old names."""
+
+    cancel_policy = "all"
+
+    def initialize(self, probe: Probe) -> None:
+        self.probe = probe
+        for name in USER_NAMES:
+            setattr(self, name, f"user's {name}")
+        self._writer = object()  # a csv.writer, say
+
+    def on_finish(self) -> None:
+        for name in USER_NAMES:
+            if name != "_writer":
+                assert getattr(self, name) == f"user's {name}", name
+        self.probe.values["status"] = self.get_status()
+        self.probe.values["attributes"] = set(vars(self))
+        self.probe.finished.set()
+
+    async def get(self) -> None:
+        if self.get_argument("mode", "") == "events":
+            await self.send_event({"n": 1}, id="1")
+            self.probe.suspended.set()
+            await asyncio.sleep(30)
+        await self.write_json({"id": self.request_id, "last": self.last_event_id})
+
+    async def post(self) -> None:
+        if self.get_argument("mode", "") == "slow":
+            self.probe.suspended.set()
+            await asyncio.sleep(30)
+        await self.write_json({"echo": self.json_body})
+
+
+class Plain(tornado.web.RequestHandler):
+    def initialize(self, probe: Probe) -> None:
+        self.probe = probe
+
+    def get(self) -> None:
+        self.probe.values["plain"] = set(vars(self))
+        self.write("ok")
+
+
+class Reasons(CancelOnDisconnectMixin, tornado.web.RequestHandler):
+    def initialize(self, probe: Probe) -> None:
+        self.probe = probe
+
+    async def get(self) -> None:
+        self.probe.values["before"] = self.cancel_reason
+        async with self.shielded():
+            self.probe.suspended.set()
+            try:
+                await asyncio.sleep(0.2)
+            except asyncio.CancelledError:  # pragma: no cover - the failure this test catches
+                self.probe.hit("cancelled-inside-shield")
+                raise
+            self.probe.values["inside"] = self.cancel_reason
+            self.probe.hit("shield-done")
+        self.probe.hit("after-shield")  # never runs: the cancellation lands at the exit
+
+    def on_finish(self) -> None:
+        self.probe.values["after"] = self.cancel_reason
+        self.probe.finished.set()
+
+
+@pytest.fixture
+def app(probe: Probe) -> tornado.web.Application:
+    return tornado.web.Application(
+        [
+            ("/all", Everything, {"probe": probe}),
+            ("/plain", Plain, {"probe": probe}),
+            ("/r", Reasons, {"probe": probe}),
+        ],
+        cors_origins=["https://example.com"],
+    )
+
+
+async def test_every_mixin_works_beside_the_users_names(http_client, base_url, probe):
+    response = await http_client.fetch(
+        f"{base_url}/all", headers={"Last-Event-ID": "7", "X-Request-ID": "abc-123"}
+    )
+    assert response.code == 200
+    assert response.body == b'{"id":"abc-123","last":"7"}'
+    assert probe.values["status"] == 200
+    body = await http_client.fetch(
+        f"{base_url}/all",
+        method="POST",
+        body=b'{"a": 1}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert body.body == b'{"echo":{"a":1}}'
+    bad = await http_client.fetch(
+        f"{base_url}/all",
+        method="POST",
+        body=b"{",
+        raise_error=False,
+        headers={"Content-Type": "application/json"},
+    )
+    assert bad.code == 400
+    assert b'"errcode":"BAD_JSON"' in bad.body
+
+
+async def test_the_handler_carries_one_toolkit_attribute(http_client, base_url, probe):
+    await http_client.fetch(f"{base_url}/plain")
+    await http_client.fetch(f"{base_url}/all")
+    added = probe.values["attributes"] - probe.values["plain"] - set(USER_NAMES) - {"probe"}
+    assert added == {SCOPE_ATTRIBUTE}
+
+
+@pytest.mark.parametrize("path", ["/all?mode=events", "/all?mode=slow"])
+async def test_a_departure_is_still_cancelled_and_logged_once(port, probe, caplog, path):
+    method = "POST" if "slow" in path else "GET"
+    conn = await RawHTTPConnection.open(port)
+    await conn.send_request(method, path, body=b"{}", headers={"Content-Type": "application/json"})
+    await probe.wait_suspended()
+    conn.close("rst")
+    await probe.wait_finished()
+    assert probe.values["status"] == 499
+    assert access_statuses(caplog) == [499]
+
+
+async def test_cancel_reason_and_a_shield_delivered_once(port, probe, caplog):
+    conn = await RawHTTPConnection.open(port)
+    await conn.send_request("GET", "/r")
+    await probe.wait_suspended()
+    conn.close("fin")
+    await probe.wait_finished()
+    assert probe.values["before"] is None
+    assert probe.values["inside"] is CLIENT_LEFT
+    assert probe.values["after"] is CLIENT_LEFT
+    assert probe.count("shield-done") == 1
+    assert probe.count("cancelled-inside-shield") == 0
+    assert probe.count("after-shield") == 0
+    await wait_until(lambda: access_statuses(caplog) == [499], what="one 499")
+
+
+def test_scope_names_are_out_of_the_users_way() -> None:
+    assert SCOPE_ATTRIBUTE.startswith("_tornado_jsonservlet")
+    assert not any(hasattr(Everything, name) for name in USER_NAMES), [
+        name for name in USER_NAMES if hasattr(Everything, name)
+    ]

@@ -1,0 +1,232 @@
+"""The one module that touches Tornado's private API (and asyncio's, once).
+
+Checked on Tornado 6.4.x, 6.5.x and 6.6.x; ``setup.cfg`` bounds Tornado below the
+next minor, and CI runs the suite against a newer pre-release whenever the
+package index has one, so a break shows up here first, in one file, rather than
+in production in a module nobody thinks of as Tornado-specific.
+
+Everything else in the toolkit uses Tornado's public API or this module. What
+it wraps, and why each is needed:
+
+* ``RequestHandler._execute`` is the coroutine Tornado runs as the request's
+  task (same signature on 6.4-6.6): the one place a cancellation can be
+  absorbed and a request-wide context set. :class:`RequestLifecycle` overrides it
+  once and calls :meth:`RequestLifecycle._jsonservlet_execute`, the hook the
+  toolkit's mixins chain through.
+* ``RequestHandler._log`` writes the access line: :class:`RequestLifecycle`
+  overrides it once and calls :meth:`RequestLifecycle._jsonservlet_log`.
+* ``_finished``, ``_headers_written``, ``_request_summary()``, ``_reason``,
+  ``_headers`` and the response buffer: read through small functions below.
+* ``_has_stream_request_body``, ``request._body_future`` and
+  ``_prepared_future``: a streamed upload whose client leaves.
+* ``SimpleAsyncHTTPClient._connection_class()``, ``_HTTPConnection`` and
+  ``TCPClient._create_stream()``: an outbound request that can be aborted.
+* asyncio's ``Task._fut_waiter`` (present in the C and Python tasks of every
+  supported Python): which future a suspended task awaits, so that one request's
+  cancellation does not cancel work other requests await too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable
+from typing import Any, Callable, Optional
+
+import tornado
+import tornado.httputil
+import tornado.web
+from tornado.concurrent import Future
+from tornado.iostream import IOStream
+from tornado.simple_httpclient import SimpleAsyncHTTPClient, _HTTPConnection
+from tornado.tcpclient import TCPClient
+
+__all__ = [
+    "CANCEL_ANSWERS_500",
+    "CANCEL_CLOSES_HANDSHAKE",
+    "TESTED_TORNADO",
+    "TORNADO",
+    "AbortableClient",
+    "HTTPClientConnection",
+    "RequestLifecycle",
+    "StreamRecordingTCPClient",
+    "adopt_transforms",
+    "awaited_future",
+    "body_still_arriving",
+    "execute_started",
+    "headers_sent",
+    "is_finished",
+    "reason_phrase",
+    "release_prepare_waiters",
+    "request_summary",
+    "reset_response",
+    "response_headers",
+    "streams_request_body",
+    "transforms_of",
+]
+
+TORNADO = tornado.version_info
+#: The minors this module was checked on.
+TESTED_TORNADO = ((6, 4), (6, 5), (6, 6))
+#: Tornado 6.6 answers a cancelled ``_execute`` with ``send_error(500)``; 6.4/6.5
+#: let the ``CancelledError`` escape.
+CANCEL_ANSWERS_500 = TORNADO >= (6, 6)
+#: Tornado 6.6 closes the sockets of a connection attempt or TLS handshake when the
+#: task awaiting it is cancelled; earlier versions leave them open until they finish.
+CANCEL_CLOSES_HANDSHAKE = TORNADO >= (6, 6)
+
+Handler = tornado.web.RequestHandler
+
+
+# -- the request's lifecycle ------------------------------------------------------
+
+
+class RequestLifecycle(tornado.web.RequestHandler):
+    """The toolkit's only overrides of ``RequestHandler``'s private methods.
+
+    Mixins that need the request's task or its access line override the two
+    hooks and call ``super()``; the hooks' names are prefixed so that no
+    application method collides with them.
+    """
+
+    async def _execute(
+        self, transforms: list[tornado.web.OutputTransform], *args: bytes, **kwargs: bytes
+    ) -> None:
+        def run() -> Awaitable[None]:
+            return super(RequestLifecycle, self)._execute(transforms, *args, **kwargs)
+
+        await self._jsonservlet_execute(run, transforms)
+
+    def _log(self) -> None:
+        self._jsonservlet_log(super()._log)
+
+    async def _jsonservlet_execute(
+        self,
+        run: Callable[[], Awaitable[None]],
+        transforms: list[tornado.web.OutputTransform],
+    ) -> None:
+        """Run the request (``prepare()``, the body, the verb method) in its task."""
+        await run()
+
+    def _jsonservlet_log(self, write_access_line: Callable[[], None]) -> None:
+        """Write the request's access line (Tornado's ``log_request``)."""
+        write_access_line()
+
+
+def adopt_transforms(handler: Handler, transforms: list[tornado.web.OutputTransform]) -> None:
+    """Let ``handler`` finish before Tornado's ``_execute`` ran (it sets them there)."""
+    handler._transforms = transforms
+
+
+def execute_started(handler: Handler) -> bool:
+    """Whether Tornado's ``_execute`` has begun (the transforms are set then)."""
+    return hasattr(handler, "_transforms")
+
+
+def transforms_of(handler: Handler) -> Optional[list[tornado.web.OutputTransform]]:
+    return getattr(handler, "_transforms", None)
+
+
+def release_prepare_waiters(handler: Handler) -> None:
+    """Release a streamed-body reader waiting for ``prepare()`` that will never run."""
+    prepared: Optional[asyncio.Future[None]] = getattr(handler, "_prepared_future", None)
+    if prepared is not None and not prepared.done():
+        prepared.set_result(None)
+
+
+# -- response state ---------------------------------------------------------------
+
+
+def is_finished(handler: Handler) -> bool:
+    return handler._finished
+
+
+def headers_sent(handler: Handler) -> bool:
+    return handler._headers_written
+
+
+def request_summary(handler: Handler) -> str:
+    """``"GET /path (127.0.0.1)"``, as Tornado's log lines say it."""
+    return handler._request_summary()
+
+
+def reason_phrase(handler: Handler) -> str:
+    """The reason phrase set with the status (``set_status(code, reason)``)."""
+    return handler._reason
+
+
+def response_headers(handler: Handler) -> tornado.httputil.HTTPHeaders:
+    """The response headers as they stand (not yet sent, or sent)."""
+    return handler._headers
+
+
+def reset_response(handler: Handler, headers: tornado.httputil.HTTPHeaders) -> None:
+    """What ``RequestHandler.clear()`` does, with ``headers`` as the defaults."""
+    handler._headers = headers
+    handler.set_default_headers()
+    handler._write_buffer = []
+    handler._status_code = 200
+    handler._reason = "OK"
+
+
+# -- streamed uploads ---------------------------------------------------------------
+
+
+def streams_request_body(cls: type) -> bool:
+    """Whether ``cls`` is decorated with ``@tornado.web.stream_request_body``."""
+    return tornado.web._has_stream_request_body(cls)
+
+
+def body_still_arriving(request: tornado.httputil.HTTPServerRequest) -> bool:
+    """Whether a streamed request body is still being received."""
+    body: Optional[asyncio.Future[None]] = getattr(request, "_body_future", None)
+    return body is not None and not body.done()
+
+
+# -- outbound HTTP --------------------------------------------------------------------
+
+#: Tornado's connection serving one request of ``SimpleAsyncHTTPClient``.
+HTTPClientConnection = _HTTPConnection
+
+
+class AbortableClient(SimpleAsyncHTTPClient):
+    """``SimpleAsyncHTTPClient`` whose connection class is :attr:`connection_type`."""
+
+    connection_type: type = _HTTPConnection
+
+    def _connection_class(self) -> type:
+        return self.connection_type
+
+
+class StreamRecordingTCPClient(TCPClient):
+    """A ``TCPClient`` that calls :meth:`stream_created` for each socket it opens."""
+
+    def stream_created(self, stream: IOStream) -> None:
+        """Called with every stream opened for a connection attempt."""
+
+    def _create_stream(
+        self,
+        max_buffer_size: Optional[int],
+        af: socket.AddressFamily,
+        addr: tuple[Any, ...],
+        source_ip: Optional[str] = None,
+        source_port: Optional[int] = None,
+    ) -> tuple[IOStream, Future[IOStream]]:
+        stream, connected = super()._create_stream(
+            max_buffer_size,  # type: ignore[arg-type,unused-ignore]  # int on 6.4
+            af,
+            addr,
+            source_ip=source_ip,
+            source_port=source_port,
+        )
+        self.stream_created(stream)
+        return stream, connected
+
+
+# -- asyncio ------------------------------------------------------------------------
+
+
+def awaited_future(task: asyncio.Future[Any]) -> Optional[asyncio.Future[Any]]:
+    """The future a suspended task is waiting on, or None (running, done, or unknown)."""
+    waiter = getattr(task, "_fut_waiter", None)
+    return waiter if isinstance(waiter, asyncio.Future) else None
