@@ -206,9 +206,12 @@ class ClientConnectionMixin(tornado_internals.RequestLifecycle):
         # Tornado abandons a streamed upload whose client leaves: ``_execute``
         # returns without finishing, so nothing would log the request. Only the
         # stream-body future says whether the handler is still waiting for data.
-        if tornado_internals.body_still_arriving(
-            self.request
-        ) and tornado_internals.execute_started(self):
+        if (
+            scope_of(self).client_gone
+            and not tornado_internals.is_finished(self)
+            and tornado_internals.body_still_arriving(self.request)
+            and tornado_internals.execute_started(self)
+        ):
             self.finish()
 
     def _jsonservlet_client_left(self) -> None:

@@ -126,10 +126,10 @@ def _cancelling(handler: tornado.web.RequestHandler) -> bool:
 
 
 def _builtin_error(exc: tornado.web.HTTPError) -> ServletError:
-    if isinstance(exc, RequestCancelled):
-        reason = exc.cancel_reason
-        return ServletError(reason.status, reason.message, reason.errcode)
     """An HTTPError as rendered: its reason phrase, never its ``log_message``."""
+    if isinstance(exc, RequestCancelled):
+        cancelled = exc.cancel_reason
+        return ServletError(cancelled.status, cancelled.message, cancelled.errcode)
     if isinstance(exc, ServletError):
         return exc
     status = exc.status_code

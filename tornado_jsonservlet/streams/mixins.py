@@ -488,8 +488,9 @@ class EventStreamMixin(StreamingResponseMixin):
             raise failures[0]
         if _stream_state(self).dropping:
             await self._wait_until_dropped()
-        if self._connected() and _stream_state(self).writer is not None:
-            await _stream_state(self).writer.drained()
+        writer = _stream_state(self).writer
+        if self._connected() and writer is not None:
+            await writer.drained()
         if not self._connected():
             await self._stop_producer()
         return messages.ended
