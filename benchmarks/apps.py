@@ -1,6 +1,10 @@
-"""The two servers the benchmarks compare: bare Tornado and the toolkit, same payloads.
+"""The servers the benchmarks compare: bare Tornado and the toolkit, same payloads.
 
-Run one with ``python benchmarks/apps.py {bare,toolkit} PORT``. It binds 127.0.0.1 only.
+Run one with ``python benchmarks/apps.py {bare,toolkit,servlet} PORT``. It binds
+127.0.0.1 only. ``toolkit`` is a hand-built mixin stack (``CancelOnDisconnectMixin +
+JsonErrorMixin + JsonResponseMixin + LeanResponseMixin``, ``await write_json(...)``);
+``servlet`` is the path the README shows: ``JsonServlet`` subclasses registered with a
+``ServletRegistry``, whose ``on_GET`` returns the document.
 
 ``/small`` and ``/big`` (1 MB) are the JSON payloads; ``/wait/{id}`` sends its headers
 and one byte, then waits, and stamps the moment its handler is cancelled (if ever),
@@ -23,7 +27,9 @@ from tornado_jsonservlet import (
     CancelOnDisconnectMixin,
     JsonErrorMixin,
     JsonResponseMixin,
+    JsonServlet,
     LeanResponseMixin,
+    ServletRegistry,
     active_backend,
 )
 
@@ -108,16 +114,50 @@ class ToolkitWait(Toolkit):
         await wait_for_cancellation(self, ident)
 
 
+class SmallServlet(JsonServlet):
+    PATTERNS = ("/small",)
+
+    async def on_GET(self) -> Any:
+        return SMALL
+
+
+class BigServlet(JsonServlet):
+    PATTERNS = ("/big",)
+
+    async def on_GET(self) -> Any:
+        mb = int(self.get_argument("mb", "0"))
+        return sized(mb) if mb else BIG
+
+
+class WaitServlet(JsonServlet):
+    PATTERNS = ("/wait/{ident}",)
+
+    async def on_GET(self, ident: str) -> None:
+        await wait_for_cancellation(self, ident)
+
+
+def servlet_routes() -> list[Any]:
+    registry = ServletRegistry()
+    for servlet in (SmallServlet, BigServlet, WaitServlet):
+        registry.register(servlet)
+    return registry.urlspecs(catch_all=False)
+
+
 class Stats(tornado.web.RequestHandler):
     def get(self) -> None:
         self.write(json.dumps(CANCELLED_AT))
 
 
 def make_app(kind: str) -> tornado.web.Application:
+    routes: list[Any]
     if kind == "bare":
         routes = [(r"/small", BareSmall), (r"/big", BareBig), (r"/wait/(\w+)", BareWait)]
-    else:
+    elif kind == "toolkit":
         routes = [(r"/small", ToolkitSmall), (r"/big", ToolkitBig), (r"/wait/(\w+)", ToolkitWait)]
+    elif kind == "servlet":
+        routes = servlet_routes()
+    else:
+        raise ValueError(f"unknown server kind {kind!r}")
     routes.append((r"/stats", Stats))
     # Default settings on both sides, and no access log (as for the peers): the
     # toolkit logs a departed client's 499 at WARNING, which Python's last-resort

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
+import inspect
 import json
 import uuid
 from typing import Any
@@ -19,6 +21,8 @@ from tornado_jsonservlet import (
     JsonServlet,
     NotFound,
     ServletRegistry,
+    cancellable,
+    uncancellable,
 )
 from tornado_jsonservlet.testing import RawHTTPConnection
 
@@ -102,6 +106,65 @@ class CorsServlet(JsonServlet):
         return {"put": True}
 
 
+def plain_route(handler: JsonServlet, n: int) -> Any:
+    return {"n": n, "kind": "plain"}
+
+
+async def async_route(handler: JsonServlet, n: int) -> Any:
+    await asyncio.sleep(0)
+    return {"n": n, "kind": "async"}
+
+
+@cancellable
+async def marked_before_route(handler: JsonServlet) -> Any:
+    return {"marked": "before"}
+
+
+def scaled(handler: JsonServlet, n: int, *, factor: int) -> Any:
+    return {"n": n * factor}
+
+
+async def scaled_async(handler: JsonServlet, n: int, *, factor: int) -> Any:
+    await asyncio.sleep(0)
+    return {"n": n * factor}
+
+
+class Service:
+    """Bound methods as routes: not plain functions, so they are wrapped."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    @uncancellable
+    async def lookup(self, handler: JsonServlet, n: int) -> Any:
+        await asyncio.sleep(0)
+        return {"service": self.label, "n": n}
+
+    def count(self, handler: JsonServlet, n: int) -> Any:
+        return {"service": self.label, "count": n}
+
+
+SERVICE = Service("svc")
+SCALED_BY_10 = cancellable(functools.partial(scaled_async, factor=10))
+SCALED_BY_3 = functools.partial(scaled, factor=3)
+
+
+def waiting_route(probe: Probe, delay: float) -> Any:
+    """A route that reports when it is suspended, and what ran after its client left."""
+
+    async def waiting(handler: JsonServlet) -> Any:
+        try:
+            probe.suspended.set()
+            await asyncio.sleep(delay)
+            probe.hit("after-await")
+            return {"late": True}
+        finally:
+            probe.hit("finally")
+            probe.finished.set()
+
+    return waiting
+
+
 def make_registry(probe: Probe, metrics: InMemoryMetrics) -> ServletRegistry:
     registry = ServletRegistry(metrics=metrics)
     registry.register(UserServlet)
@@ -121,6 +184,21 @@ def make_registry(probe: Probe, metrics: InMemoryMetrics) -> ServletRegistry:
         await asyncio.sleep(0)
         return 202, {"deleted": n}
 
+    registry.route("/plain/{n:int}")(plain_route)
+    registry.route("/async/{n:int}", methods=("GET", "POST"))(async_route)
+    registry.route("/marked/before", methods=("POST",))(marked_before_route)
+    # Marks applied after route(), i.e. written above @registry.route: route() returns
+    # the function unchanged, so the mark lands on the servlet's own method.
+    cancellable(
+        registry.route("/marked/post", methods=("POST",), name="marked_post")(
+            waiting_route(probe, 2.0)
+        )
+    )
+    uncancellable(registry.route("/marked/get", name="marked_get")(waiting_route(probe, 0.2)))
+    registry.route("/bound/{n:int}", name="bound")(SERVICE.lookup)
+    registry.route("/bound/{n:int}", methods=("POST",))(SERVICE.count)
+    registry.route("/partial/{n:int}", name="partial_async")(SCALED_BY_10)
+    registry.route("/partial/{n:int}", methods=("PUT",))(SCALED_BY_3)
     return registry
 
 
@@ -264,6 +342,128 @@ async def test_html_servlet(http_client, base_url):
     response = await fetch(http_client, base_url + "/api/v1/page/%3Cscript%3E")
     assert response.headers["Content-Type"] == "text/html; charset=UTF-8"
     assert response.body == b"<p>&lt;script&gt;</p>"
+
+
+# -- route(): the servlet's method is the user's function --------------------------------------
+
+
+def route_servlet(app: tornado.web.Application, name: str) -> Any:
+    """The servlet class the application serves under the URLSpec ``name``."""
+    return app.wildcard_router.named_rules[name].target
+
+
+@pytest.mark.parametrize(
+    ("fn", "path", "methods"),
+    [
+        (plain_route, "/plain/4", ("GET",)),
+        (async_route, "/async/4", ("GET", "POST")),
+    ],
+)
+async def test_route_method_is_the_users_function(http_client, base_url, app, fn, path, methods):
+    servlet = route_servlet(app, fn.__name__)
+    for method in methods:
+        on_method = getattr(servlet, f"on_{method}")
+        assert on_method is fn
+        assert inspect.unwrap(on_method) is fn
+        assert on_method.__qualname__ == fn.__qualname__ == fn.__name__
+        assert on_method.__code__ is fn.__code__
+        assert inspect.iscoroutinefunction(on_method) is (fn is async_route)
+        response = await fetch(
+            http_client, base_url + "/api/v1" + path, method=method, allow_nonstandard_methods=True
+        )
+        assert response.code == 200
+        assert body(response) == {"n": 4, "kind": "plain" if fn is plain_route else "async"}
+
+
+async def test_functions_sharing_a_template_are_each_served_as_they_are(app):
+    from tornado_jsonservlet.routing import registry as registry_module
+
+    servlet = route_servlet(app, "read_fn")
+    read_fn, delete_fn = servlet.on_GET, servlet.on_DELETE
+    assert read_fn.__qualname__ == "make_registry.<locals>.read_fn"
+    assert delete_fn.__qualname__ == "make_registry.<locals>.delete_fn"
+    assert not inspect.iscoroutinefunction(read_fn)
+    assert inspect.iscoroutinefunction(delete_fn)
+    assert not hasattr(delete_fn, "__wrapped__")
+    assert delete_fn.__module__ == __name__ != registry_module.__name__
+
+
+async def test_marks_set_before_route_are_on_the_servlet_method(http_client, base_url, app):
+    on_post = route_servlet(app, "marked_before_route").on_POST
+    assert on_post is marked_before_route
+    assert on_post._tornado_jsonservlet_cancel is True
+    response = await fetch(http_client, base_url + "/api/v1/marked/before", method="POST", body=b"")
+    assert body(response) == {"marked": "before"}
+
+
+async def test_marks_set_after_route_are_on_the_servlet_method(app):
+    assert route_servlet(app, "marked_post").on_POST._tornado_jsonservlet_cancel is True
+    assert route_servlet(app, "marked_get").on_GET._tornado_jsonservlet_cancel is False
+
+
+@pytest.mark.parametrize("how", ["fin", "rst"])
+async def test_cancellable_set_after_route_cancels_a_post(
+    http_server, http_port, probe, caplog, how
+):
+    # A POST runs to completion by default; @cancellable (above @route) opts it in.
+    conn = await RawHTTPConnection.open(http_port)
+    await conn.send_request("POST", "/api/v1/marked/post", body=b"{}")
+    await probe.wait_suspended()
+    conn.close(how)
+    await probe.wait_finished()
+    await settle()
+    assert probe.count("after-await") == 0
+    assert probe.count("finally") == 1
+    assert access_statuses(caplog) == [499]
+
+
+@pytest.mark.parametrize("how", ["fin", "rst"])
+async def test_uncancellable_set_after_route_lets_a_get_finish(
+    http_server, http_port, probe, caplog, how
+):
+    # A GET is cancelled by default; @uncancellable (above @route) opts it out.
+    conn = await RawHTTPConnection.open(http_port)
+    await conn.send_request("GET", "/api/v1/marked/get")
+    await probe.wait_suspended()
+    conn.close(how)
+    await probe.wait_finished()
+    await settle()
+    assert probe.count("after-await") == 1
+    assert probe.count("finally") == 1
+    assert access_statuses(caplog) == [499]
+
+
+@pytest.mark.parametrize(
+    ("name", "method", "fn", "is_async", "mark"),
+    [
+        ("bound", "GET", SERVICE.lookup, True, False),
+        ("bound", "POST", SERVICE.count, False, None),
+        ("partial_async", "GET", SCALED_BY_10, True, True),
+        ("partial_async", "PUT", SCALED_BY_3, False, None),
+    ],
+)
+def test_other_callables_get_a_functools_wraps_wrapper(app, name, method, fn, is_async, mark):
+    on_method = getattr(route_servlet(app, name), f"on_{method}")
+    assert on_method.__wrapped__ == fn  # a bound method is a new object at each access
+    assert inspect.iscoroutinefunction(on_method) is is_async
+    assert getattr(on_method, "_tornado_jsonservlet_cancel", None) is mark
+    if inspect.ismethod(fn):
+        assert on_method.__qualname__ == fn.__qualname__ == f"Service.{fn.__name__}"
+
+
+async def test_wrapped_callables_are_served(http_client, base_url):
+    url = base_url + "/api/v1"
+    assert body(await fetch(http_client, url + "/bound/2")) == {"service": "svc", "n": 2}
+    counted = await fetch(http_client, url + "/bound/2", method="POST", body=b"")
+    assert body(counted) == {"service": "svc", "count": 2}
+    assert body(await fetch(http_client, url + "/partial/2")) == {"n": 20}
+    assert body(await fetch(http_client, url + "/partial/2", method="PUT", body=b"")) == {"n": 6}
+
+
+def test_a_callable_without_a_name_needs_one():
+    registry = ServletRegistry()
+    with pytest.raises(TypeError, match="has no __name__: pass name="):
+        registry.route("/p")(SCALED_BY_3)
 
 
 # -- methods ---------------------------------------------------------------------------------

@@ -71,6 +71,7 @@ lists ``tornado.web.Application`` accepts, so ``urlspecs() + other_rules``,
 from __future__ import annotations
 
 import decimal
+import functools
 import inspect
 import math
 import re
@@ -584,7 +585,15 @@ class ServletRegistry:
         """Serve a plain function, called as ``fn(handler, **params)``.
 
         It returns like ``on_GET``. Several functions may share one template with
-        different methods. The function itself is returned unchanged.
+        different methods. The function itself is returned unchanged, and it is the
+        servlet's ``on_<METHOD>`` as it is: nothing is wrapped, so marks such as
+        ``@cancellable`` apply whether they are put below or above ``@route``. A
+        callable that is not a plain function (a ``functools.partial``, a bound
+        method) is wrapped with ``functools.wraps``; one without a ``__name__``
+        needs ``name`` unless it joins a template already served.
+
+        :raises TypeError: ``fn`` starts a servlet, has no ``__name__`` and no
+            ``name`` is given.
         """
         wanted = tuple(method.upper() for method in methods)
         unknown = [m for m in wanted if m not in SERVLET_METHODS]
@@ -594,16 +603,18 @@ class ServletRegistry:
             )
 
         def decorator(fn: _Route) -> _Route:
-            servlet_name = name or fn.__name__
             if self._merge_route(template, wanted, fn, name):
                 return fn
+            servlet_name = name or getattr(fn, "__name__", None)
+            if not servlet_name:
+                raise TypeError(f"route {template!r}: {fn!r} has no __name__: pass name=...")
             namespace: dict[str, Any] = {
                 "servlet_name": servlet_name,
                 "__doc__": fn.__doc__,
                 "_from_route": True,
             }
             for method in wanted:
-                namespace[f"on_{method}"] = _bound_route(fn)
+                namespace[f"on_{method}"] = _route_method(fn)
             servlet = type(f"Route_{servlet_name}", (JsonServlet,), namespace)
             servlet.__module__ = fn.__module__
             self.register(servlet, [template], name=servlet_name)
@@ -629,11 +640,11 @@ class ServletRegistry:
             if existing is not None:
                 raise ValueError(
                     f"{method} {template!r} is registered twice: by {_label(existing.servlet)} "
-                    f"and by {fn.__name__}"
+                    f"and by {getattr(fn, '__name__', None) or repr(fn)}"
                 )
         servlet: Any = endpoint.servlet
         for method in methods:
-            setattr(servlet, f"on_{method}", _bound_route(fn))
+            setattr(servlet, f"on_{method}", _route_method(fn))
             self._by_key[(method, regex)] = endpoint
         servlet.allowed_methods = implemented_methods(servlet)
         return True
@@ -740,12 +751,32 @@ class ServletRegistry:
                 self._by_key[(method, endpoint.compiled.key)] = endpoint
 
 
-def _bound_route(fn: Callable[..., Any]) -> Callable[..., Any]:
+def _route_method(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """What a servlet built by ``route()`` has as ``on_<METHOD>``: ``fn`` itself.
+
+    A plain function put in a class becomes a method, called as ``fn(handler,
+    **params)``, so it needs no wrapper: introspection (``__qualname__``,
+    ``inspect.iscoroutinefunction``, ``__code__``) and cancel marks, even marks set
+    after ``route()``, see the user's own function. Other callables (a
+    ``functools.partial``, a bound method, an object with ``__call__``) would not be
+    bound to the handler, so they get a ``functools.wraps`` wrapper: ``__wrapped__``
+    is ``fn``, its name and marks are copied (as they are when ``route()`` runs), and
+    it is ``async def`` when ``fn`` is a coroutine function.
+    """
+    if inspect.isfunction(fn):
+        return fn
+    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__):
+
+        @functools.wraps(fn)
+        async def call_async(self: JsonServlet, **params: Any) -> Any:
+            return await fn(self, **params)
+
+        return call_async
+
+    @functools.wraps(fn)
     def call(self: JsonServlet, **params: Any) -> Any:
         return fn(self, **params)
 
-    call.__name__ = fn.__name__
-    call.__dict__.update(fn.__dict__)  # marks such as @cancellable apply to the route
     return call
 
 
