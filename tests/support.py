@@ -1,8 +1,16 @@
-"""Shared test plumbing: a probe that handlers report to, and log helpers."""
+"""Shared test plumbing: a probe that handlers report to, log helpers, and waiting.
+
+Waiting: a test never sleeps a fixed time to let something happen. It waits for
+the event itself with :func:`wait_until` (or :func:`wait_until_sync` in thread or
+process code), naming it with ``what=``. The one sanctioned sleep is
+:func:`nothing_happens_within`: a deliberate wait in which the test expects that
+nothing (more) happens, followed by the assertion that nothing did.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import socket
@@ -11,8 +19,9 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import pytest
 import tornado.web
@@ -107,8 +116,76 @@ def messages(caplog: pytest.LogCaptureFixture, level: int = logging.DEBUG) -> li
     return [r.getMessage() for r in caplog.records if r.levelno >= level]
 
 
+#: The default deadline of a wait for an event. It only matters when the event
+#: never comes; pass a longer one where a loaded machine may well need it.
+WAIT_TIMEOUT = 5.0
+
+
+async def wait_until(
+    condition: Callable[[], Union[object, Awaitable[object]]],
+    *,
+    what: str,
+    timeout: float = WAIT_TIMEOUT,
+    interval: float = 0.005,
+) -> float:
+    """Poll ``condition()`` until it is truthy; return the seconds that took.
+
+    ``condition`` may return an awaitable (a coroutine function: a database or
+    Redis query), which is awaited. ``what`` names the event waited for; on
+    timeout, ``AssertionError("timed out after {timeout}s waiting for {what}")``.
+    """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while True:
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return loop.time() - started
+        if loop.time() - started >= timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def wait_until_sync(
+    condition: Callable[[], object],
+    *,
+    what: str,
+    timeout: float = WAIT_TIMEOUT,
+    interval: float = 0.005,
+) -> float:
+    """:func:`wait_until` for thread and process code, which has no running loop."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started >= timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+    return time.monotonic() - started
+
+
+async def nothing_happens_within(seconds: float, *, what: str) -> None:
+    """A deliberate wait in which the test expects nothing to happen.
+
+    It is the only sanctioned sleep in tests: the test asserts afterwards that
+    ``what`` (say, "a second event", "an error log record") did not happen in
+    ``seconds``. It is never used to wait *for* something; use :func:`wait_until`.
+    """
+    assert seconds > 0, what
+    await asyncio.sleep(seconds)
+
+
+def nothing_happens_within_sync(seconds: float, *, what: str) -> None:
+    """:func:`nothing_happens_within` for thread and process code."""
+    assert seconds > 0, what
+    time.sleep(seconds)
+
+
 async def settle(rounds: int = 5) -> None:
-    """Let already-scheduled callbacks run (a handful of loop iterations)."""
+    """Let already-scheduled callbacks run (a handful of loop iterations).
+
+    Not a wait for time: ``sleep(0)`` only yields to the loop, so callbacks already
+    scheduled (an ``on_finish``, a task's last step) run before the test looks.
+    """
     for _ in range(rounds):
         await asyncio.sleep(0)
 
