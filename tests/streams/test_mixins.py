@@ -504,7 +504,7 @@ async def test_client_falling_behind_is_disconnected(port, probe, caplog):
         dropped = [
             r
             for r in caplog.records
-            if r.name == "tornado_jsonservlet.streams.mixins" and "fell" in r.getMessage()
+            if r.name == "tornado_jsonservlet.streaming" and "fell" in r.getMessage()
         ]
         assert len(dropped) == 1
         assert dropped[0].levelno == logging.INFO

@@ -761,7 +761,7 @@ async def test_a_client_too_far_behind_is_dropped_and_the_others_are_not(
     dropped = [
         r
         for r in caplog.records
-        if r.name == "tornado_jsonservlet.streams.mixins" and "fell" in r.getMessage()
+        if r.name == "tornado_jsonservlet.streaming" and "fell" in r.getMessage()
     ]
     assert len(dropped) == 1
     assert dropped[0].levelno == logging.INFO
