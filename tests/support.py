@@ -13,10 +13,12 @@ import asyncio
 import inspect
 import logging
 import os
+import re
 import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -200,12 +202,16 @@ async def leave_while_suspended(port: int, probe: Probe, path: str, how: CloseHo
     await settle()
 
 
-def demo_log_after_client_leaves(path: str, leave_after: float, how: CloseHow) -> str:
+def demo_log_after_client_leaves(
+    path: str, leave_after: float, how: CloseHow, *, until: tuple[str, ...] = ()
+) -> str:
     """Run ``demo_server.py`` as the README does, leave ``path`` mid-request; its log.
 
     A real process and a plain socket: nothing of the test's own event loop is
     involved. The client closes ``leave_after`` seconds after sending (RST with
-    ``how="rst"``); the server gets half a second more, then is stopped.
+    ``how="rst"``), the scenario's own timing. The server is stopped once its log
+    matches every regex of ``until`` (by default, the 499 for ``path``) and
+    nothing more was logged for a moment.
     """
     from tests.servers import free_port
 
@@ -218,22 +224,46 @@ def demo_log_after_client_leaves(path: str, leave_after: float, how: CloseHow) -
         stdout=subprocess.DEVNULL,
         text=True,
     )
+    lines: list[str] = []
+
+    def read_log() -> None:
+        assert server.stderr is not None
+        for line in server.stderr:
+            lines.append(line)
+
+    reader = threading.Thread(target=read_log, daemon=True)
+    reader.start()
+    patterns = [re.compile(p) for p in until or (rf" 499 GET {re.escape(path)} ",)]
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            assert time.monotonic() < deadline, "demo server did not start"
+        client = None
+
+        def connected() -> bool:
+            nonlocal client
             try:
                 client = socket.create_connection(("127.0.0.1", port), timeout=1)
-                break
             except OSError:
-                time.sleep(0.05)
+                return False
+            return True
+
+        wait_until_sync(connected, what="the demo server listening", timeout=10, interval=0.05)
+        assert client is not None
         client.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
-        time.sleep(leave_after)
+        time.sleep(leave_after)  # the scenario: the client leaves this long after sending
         if how == "rst":
             client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         client.close()
-        time.sleep(0.5)
+        wait_until_sync(
+            lambda: all(p.search("".join(lines)) for p in patterns),
+            what=f"the demo server logging {[p.pattern for p in patterns]}",
+            timeout=10,
+        )
+        nothing_happens_within_sync(0.2, what="anything logged late")
     finally:
         server.terminate()
-        _, log = server.communicate(timeout=10)
-    return log
+        server.wait(timeout=10)
+        reader.join(timeout=10)
+        if server.stderr is not None:
+            server.stderr.close()
+        if client is not None:
+            client.close()
+    return "".join(lines)
