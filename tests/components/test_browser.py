@@ -16,7 +16,6 @@ import tornado.web
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 import demo_server
-from tests.servers import Chromium
 from tests.support import access_lines, messages
 
 pytestmark = pytest.mark.gen_test(timeout=90)
@@ -55,12 +54,6 @@ class DevTools:
 @pytest.fixture
 def app() -> tornado.web.Application:
     return demo_server.make_app()
-
-
-@pytest.fixture
-def chromium(tmp_path):
-    with Chromium(tmp_path) as browser:
-        yield browser
 
 
 async def test_browser_resumes_with_last_event_id_without_gap_or_duplicate(chromium, port, caplog):

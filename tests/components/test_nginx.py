@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import tornado.web
 
-from tests.servers import NginxServer
 from tests.sse_client import StreamReader
 from tests.support import Probe, access_statuses, settle
 from tornado_jsonservlet import EventStreamMixin, InMemoryBroadcaster
@@ -105,9 +104,8 @@ def app(io_loop, probe):
 
 
 @pytest.fixture
-def nginx(tmp_path, port):
-    with NginxServer(tmp_path, upstream_port=port) as proxy:
-        yield proxy
+def nginx(nginx_launcher, port):
+    return nginx_launcher(port)
 
 
 def broadcaster_of(app: tornado.web.Application) -> InMemoryBroadcaster:

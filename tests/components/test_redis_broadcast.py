@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import tornado.web
 
-from tests.servers import RedisServer
 from tests.sse_client import StreamReader, parse_events
 from tests.support import Probe, access_statuses, settle
 from tornado_jsonservlet import BroadcastUnavailable, EndReason, EventStreamMixin
@@ -27,12 +26,6 @@ from tornado_jsonservlet.streams.redis_broadcast import RedisBroadcaster  # noqa
 pytestmark = pytest.mark.gen_test
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    with RedisServer(tmp_path) as server:
-        yield server
 
 
 @pytest.fixture
