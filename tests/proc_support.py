@@ -8,10 +8,11 @@ import os
 import re
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
+
+from tests.support import wait_until_sync
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,16 +69,24 @@ class AppProcess:
         return self.log_path.read_text(errors="replace")
 
     def wait_for(self, pattern: str, count: int = 1, timeout: float = 15.0) -> list[str]:
-        deadline = time.monotonic() + timeout
-        while True:
-            found = re.findall(pattern, self.log, re.MULTILINE)
-            if len(found) >= count:
-                return found
+        """Wait until ``pattern`` is logged ``count`` times; the matches."""
+
+        def logged() -> bool:
+            if len(re.findall(pattern, self.log, re.MULTILINE)) >= count:
+                return True
             if self.proc.poll() is not None:
                 raise AssertionError(f"process exited ({self.proc.returncode}):\n{self.log}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{pattern!r} x{count} not logged in {timeout}s:\n{self.log}")
-            time.sleep(0.02)
+            return False
+
+        try:
+            wait_until_sync(
+                logged, what=f"{pattern!r} x{count} logged", timeout=timeout, interval=0.02
+            )
+        except AssertionError as error:
+            if "timed out" not in str(error):
+                raise
+            raise AssertionError(f"{error}:\n{self.log}") from None
+        return re.findall(pattern, self.log, re.MULTILINE)
 
     def worker_pids(self, workers: int) -> set[int]:
         found = self.wait_for(r"worker \d+ \(pid (\d+)\) serving", workers)

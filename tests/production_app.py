@@ -66,6 +66,7 @@ class Plain(tornado.web.RequestHandler):
     """Not a toolkit handler: shutdown can wait for it but not cancel it."""
 
     async def get(self) -> None:
+        log.info("plain handler started")  # what a test waits for before a signal
         await asyncio.sleep(float(self.get_argument("delay", "0")))
         self.write({"pid": os.getpid()})
 

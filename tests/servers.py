@@ -6,20 +6,14 @@ only, and is stopped by the context manager that started it. When the binary is
 missing the test is skipped with the reason, except under ``CI=true``, where a
 missing component is a failure: CI must never pass by skipping.
 
-Use them from a fixture::
+Tests use them through the fixtures of ``tests/components/conftest.py``, one per
+component: ``redis_server``, ``postgres_dsn``, ``chromium`` and ``nginx_launcher``
+(a function: ``nginx_launcher(upstream_port)`` starts nginx in front of that port
+and the fixture stops it after the test).
 
-    @pytest.fixture
-    def redis_url(tmp_path):
-        with RedisServer(tmp_path) as server:
-            yield server.url
-
-    @pytest.fixture
-    def nginx(tmp_path, http_port):
-        with NginxServer(tmp_path, upstream_port=http_port) as proxy:
-            yield proxy         # proxy.url("/path")
-
-``NginxServer`` takes the ``location`` block (or a whole ``server`` block) to test,
-so a deployment configuration can be checked as it will run.
+``NginxServer`` takes the ``location`` block (or a whole ``server`` block, or a
+whole http-context ``site`` file such as ``deploy/nginx.conf``) to test, so a
+deployment configuration can be checked as it will run.
 """
 
 from __future__ import annotations
@@ -36,12 +30,13 @@ import time
 import urllib.request
 from pathlib import Path
 from types import TracebackType
-from typing import NoReturn, Optional
+from typing import Callable, NoReturn, Optional
 
 import pytest
 
 __all__ = [
     "Chromium",
+    "NginxLauncher",
     "NginxServer",
     "RedisServer",
     "component_missing",
@@ -161,21 +156,25 @@ class RedisServer(_Process):
 _NGINX_CONF = """\
 {user}
 daemon off;
-master_process off;
+master_process {master_process};
 worker_processes 1;
 pid {root}/nginx.pid;
 error_log {root}/error.log info;
 events {{ worker_connections 1024; }}
 http {{
-    access_log {root}/access.log;
     client_body_temp_path {root}/client_body;
     proxy_temp_path {root}/proxy;
     fastcgi_temp_path {root}/fastcgi;
     uwsgi_temp_path {root}/uwsgi;
     scgi_temp_path {root}/scgi;
+{http}
+}}
+"""
+
+_NGINX_HTTP = """\
+    access_log {root}/access.log;
     upstream app {{ server 127.0.0.1:{upstream_port}; keepalive 8; }}
     {server}
-}}
 """
 
 #: Plain reverse proxying with nginx's defaults (buffering on), HTTP/1.1 upstream.
@@ -194,7 +193,14 @@ class NginxServer(_Process):
 
     ``location`` replaces :data:`DEFAULT_LOCATION`; ``server`` replaces the whole
     ``server`` block (use ``{port}`` for the listening port and the upstream name
-    ``app``).
+    ``app``). ``site`` replaces everything in the ``http`` block but the temp paths:
+    a whole http-context file, with ``$PORT``, ``$UPSTREAM_PORT`` and ``$ROOT``
+    replaced (nginx's own ``$variables`` are untouched); its access log, if it is
+    to be read with :attr:`access_log`, goes to ``$ROOT/access.log``.
+
+    ``master_process`` runs nginx as deployed (a master and one worker) rather
+    than as one process; ``graceful_stop`` stops it with SIGQUIT (finish what is
+    in flight) rather than SIGTERM.
     """
 
     def __init__(
@@ -204,23 +210,53 @@ class NginxServer(_Process):
         *,
         location: str = DEFAULT_LOCATION,
         server: Optional[str] = None,
+        site: Optional[str] = None,
         port: Optional[int] = None,
+        master_process: bool = False,
+        graceful_stop: bool = False,
     ) -> None:
-        self.binary = require_binary("nginx", "nginx", "/usr/sbin/nginx")
+        self.binary = require_binary("nginx", "nginx", "/usr/sbin/nginx", "/usr/local/sbin/nginx")
         self.root = Path(directory) / "nginx"
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.upstream_port = upstream_port
-        block = server or "server {{\n    listen 127.0.0.1:{port};\n    {location}\n}}"
+        self.graceful_stop = graceful_stop
+        if site is None:
+            block = server or "server {{\n    listen 127.0.0.1:{port};\n    {location}\n}}"
+            http = _NGINX_HTTP.format(
+                root=self.root,
+                upstream_port=upstream_port,
+                server=block.format(port=self.port, location=location),
+            )
+        else:
+            http = "    access_log off;\n" + (
+                site.replace("$UPSTREAM_PORT", str(upstream_port))
+                .replace("$PORT", str(self.port))
+                .replace("$ROOT", str(self.root))
+            )
         self.config = _NGINX_CONF.format(
             user="user root;" if os.geteuid() == 0 else "",
+            master_process="on" if master_process else "off",
             root=self.root,
-            upstream_port=upstream_port,
-            server=block.format(port=self.port, location=location),
+            http=http,
         )
 
     def url(self, path: str = "/") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
+
+    @property
+    def access_log(self) -> list[str]:
+        """The lines of ``access.log`` so far (nginx writes one as a response ends)."""
+        path = self.root / "access.log"
+        return path.read_text().splitlines() if path.exists() else []
+
+    def stop(self) -> None:
+        process = self.process
+        if self.graceful_stop and process is not None and process.poll() is None:
+            process.send_signal(signal.SIGQUIT)  # graceful: finish what is in flight
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=10)
+        super().stop()  # SIGTERM, then SIGKILL, if it still runs
 
     def start(self) -> NginxServer:
         conf = self.root / "nginx.conf"
@@ -314,3 +350,7 @@ class Chromium(_Process):
 
     def __enter__(self) -> Chromium:
         return self.start()
+
+
+#: The ``nginx_launcher`` fixture: ``launch(upstream_port, **NginxServer options)``.
+NginxLauncher = Callable[..., NginxServer]

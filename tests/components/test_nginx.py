@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 import tornado.web
 
-from tests.servers import NginxServer
 from tests.sse_client import StreamReader
-from tests.support import Probe, access_statuses, settle
+from tests.support import Probe, access_statuses, nothing_happens_within, settle
 from tornado_jsonservlet import EventStreamMixin, InMemoryBroadcaster
 
 pytestmark = pytest.mark.gen_test
@@ -105,9 +104,8 @@ def app(io_loop, probe):
 
 
 @pytest.fixture
-def nginx(tmp_path, port):
-    with NginxServer(tmp_path, upstream_port=port) as proxy:
-        yield proxy
+def nginx(nginx_launcher, port):
+    return nginx_launcher(port)
 
 
 def broadcaster_of(app: tornado.web.Application) -> InMemoryBroadcaster:
@@ -157,7 +155,7 @@ async def test_a_slow_client_pushes_back_through_nginx(nginx, probe, path, paced
         samples = [0]
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            await asyncio.sleep(0.5)
+            await nothing_happens_within(0.5, what="the producer sending more (one sample)")
             samples.append(probe.values.get("sent", 0))
             if samples[-1] == TOTAL or (samples[-1] and samples[-1] == samples[-2]):
                 break

@@ -10,7 +10,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -20,79 +19,27 @@ from pathlib import Path
 import pytest
 
 from tests.proc_support import ROOT, AppProcess, Reply, request
-from tests.servers import free_port, require_binary
+from tests.servers import NginxLauncher, NginxServer, free_port
+from tests.support import wait_until_sync
 
 
-@pytest.fixture(scope="module")
-def nginx_binary() -> str:
-    return require_binary("nginx", "nginx", "/usr/sbin/nginx", "/usr/local/sbin/nginx")
-
-
-class Nginx:
-    """nginx in a temp dir, from deploy/nginx.conf with loopback ports and local paths."""
-
-    def __init__(self, binary: str, tmp: Path, upstream_port: int) -> None:
-        self.tmp = tmp
-        self.port = free_port()
-        site = (ROOT / "deploy" / "nginx.conf").read_text()
-        for old, new in (
-            ("listen 80;", f"listen 127.0.0.1:{self.port};"),
-            ("server 127.0.0.1:8888;", f"server 127.0.0.1:{upstream_port};"),
-            ("/var/log/nginx/tornado.access.log", str(tmp / "access.log")),
-        ):
-            assert site.count(old) == 1, f"deploy/nginx.conf no longer has {old!r}"
-            site = site.replace(old, new)
-        (tmp / "site.conf").write_text(site)
-        temp_paths = "".join(
-            f"    {kind}_temp_path {tmp / kind};\n"
-            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
-        (tmp / "nginx.conf").write_text(
-            ("user root;\n" if os.geteuid() == 0 else "")
-            + f"worker_processes 1;\npid {tmp / 'nginx.pid'};\n"
-            + f"error_log {tmp / 'error.log'} info;\n"
-            + "events { worker_connections 512; }\n"
-            + "http {\n"
-            + temp_paths
-            + "    access_log off;\n"
-            + f"    include {tmp / 'site.conf'};\n"
-            + "}\n"
-        )
-        self.proc = subprocess.Popen(
-            [binary, "-p", str(tmp), "-c", str(tmp / "nginx.conf"), "-g", "daemon off;"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    _, err = self.proc.communicate(timeout=5)
-                    raise AssertionError(f"nginx did not start: {err.decode()}") from None
-                time.sleep(0.05)
-
-    @property
-    def access_log(self) -> list[str]:
-        path = self.tmp / "access.log"
-        return path.read_text().splitlines() if path.exists() else []
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)  # graceful stop
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
+def deploy_site() -> str:
+    """deploy/nginx.conf with loopback ports and the access log in nginx's directory."""
+    site = (ROOT / "deploy" / "nginx.conf").read_text()
+    for old, new in (
+        ("listen 80;", "listen 127.0.0.1:$PORT;"),
+        ("server 127.0.0.1:8888;", "server 127.0.0.1:$UPSTREAM_PORT;"),
+        ("/var/log/nginx/tornado.access.log", "$ROOT/access.log"),
+    ):
+        assert site.count(old) == 1, f"deploy/nginx.conf no longer has {old!r}"
+        site = site.replace(old, new)
+    return site
 
 
 @pytest.fixture
-def stack(nginx_binary: str, tmp_path: Path) -> Iterator[tuple[Nginx, AppProcess]]:
+def stack(
+    nginx_launcher: NginxLauncher, tmp_path: Path
+) -> Iterator[tuple[NginxServer, AppProcess]]:
     app = AppProcess(
         tmp_path / "app.log",
         free_port(),
@@ -104,8 +51,9 @@ def stack(nginx_binary: str, tmp_path: Path) -> Iterator[tuple[Nginx, AppProcess
     nginx = None
     try:
         app.worker_pids(2)
-        (tmp_path / "nginx").mkdir()
-        nginx = Nginx(nginx_binary, tmp_path / "nginx", app.port)
+        nginx = nginx_launcher(
+            app.port, site=deploy_site(), master_process=True, graceful_stop=True
+        )
         yield nginx, app
     finally:
         if nginx is not None:
@@ -146,10 +94,10 @@ def test_request_id_and_forwarded_for_pass_through(stack):
     request_id = created.json()["request_id"]  # type: ignore[index]
     assert re.fullmatch(r"[0-9a-f]{32}", request_id)  # nginx's own $request_id
     # Both log the request just after its answer went out: wait for the lines.
-    deadline = time.monotonic() + 5
-    while not any(f"rid={request_id} " in line for line in nginx.access_log):
-        assert time.monotonic() < deadline, nginx.access_log
-        time.sleep(0.02)
+    wait_until_sync(
+        lambda: any(f"rid={request_id} " in line for line in nginx.access_log),
+        what=f"nginx logging rid={request_id}",
+    )
     app.wait_for(rf"rid={request_id} tornado\.access 200 GET /headers")  # one ID in both logs
 
 
@@ -209,16 +157,21 @@ def test_sigterm_during_load_loses_no_request_nginx_had_sent(stack):
             thread.join(timeout=30)
     assert app.proc.wait(timeout=20) == 0
 
-    deadline = time.monotonic() + 5
-    while True:  # nginx logs each request just after its answer went out
-        nginx_lines = {
+    def nginx_lines_by_rid() -> dict[str, str]:
+        return {
             match.group(1): line
             for line in nginx.access_log
             if (match := re.search(r"rid=(load-\d+) ", line))
         }
-        if set(replies) <= set(nginx_lines) or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+
+    # nginx logs each request just after its answer went out.
+    wait_until_sync(
+        lambda: set(replies) <= set(nginx_lines_by_rid()),
+        what="nginx logging every request of the load",
+        timeout=10,
+        interval=0.05,
+    )
+    nginx_lines = nginx_lines_by_rid()
     figures = {"sent": len(replies), "completed": 0, "cancelled_503": 0, "refused": 0, "lost": 0}
     lost = []
     for rid, reply in replies.items():

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import tornado.web
 
-from tests.postgres_server import postgres_server
-from tests.servers import component_missing
-from tests.support import access_statuses
+from tests.support import access_statuses, nothing_happens_within, wait_until
 from tornado_jsonservlet import CancelOnDisconnectMixin, uncancellable
 from tornado_jsonservlet.testing import RawHTTPConnection
 
@@ -33,14 +30,6 @@ ACTIVE_SLEEPS = """
     SELECT count(*) FROM pg_stat_activity
     WHERE state = 'active' AND query LIKE 'SELECT pg_sleep(%' AND pid <> pg_backend_pid()
 """
-
-
-@pytest.fixture(scope="module")
-def dsn() -> Iterator[str]:
-    if asyncpg is None:
-        component_missing("asyncpg is not installed (pip install 'tornado-jsonservlet[test]')")
-    with postgres_server() as url:
-        yield url
 
 
 class Shared:
@@ -101,24 +90,26 @@ async def active_sleeps(monitor: Any) -> int:
     return count
 
 
-async def wait_for_count(monitor: Any, wanted: int, timeout: float = 5.0) -> float:
-    started = time.monotonic()
-    while await active_sleeps(monitor) != wanted:
-        assert time.monotonic() - started < timeout, f"never saw {wanted} active queries"
-        await asyncio.sleep(0.002)
-    return time.monotonic() - started
+async def active_sleeps_are(monitor: Any, wanted: int) -> bool:
+    return await active_sleeps(monitor) == wanted
 
 
 @pytest.mark.parametrize("how", ["fin", "rst"])
-async def test_departed_client_cancels_the_query_on_the_server(dsn, shared, port, caplog, how):
-    shared.pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
-    monitor = await asyncpg.connect(dsn)
+async def test_departed_client_cancels_the_query_on_the_server(
+    postgres_dsn, shared, port, caplog, how
+):
+    shared.pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=1)
+    monitor = await asyncpg.connect(postgres_dsn)
     try:
         conn = await RawHTTPConnection.open(port)
         await conn.send_request("GET", "/report?seconds=10")
-        await wait_for_count(monitor, 1)  # the query runs on the server
+        await wait_until(
+            lambda: active_sleeps_are(monitor, 1), what="the query running", interval=0.002
+        )
         conn.close(how)
-        gone_after = await wait_for_count(monitor, 0)
+        gone_after = await wait_until(
+            lambda: active_sleeps_are(monitor, 0), what="the query gone", interval=0.002
+        )
         assert gone_after < 0.1, f"the query was still running {gone_after * 1000:.0f} ms later"
         await asyncio.wait_for(shared.finished.wait(), 5)
         assert shared.events == ["cancelled", "status 499"]
@@ -132,16 +123,18 @@ async def test_departed_client_cancels_the_query_on_the_server(dsn, shared, port
         await shared.pool.close()
 
 
-async def test_uncancellable_query_runs_on_for_nobody(dsn, shared, port, caplog):
+async def test_uncancellable_query_runs_on_for_nobody(postgres_dsn, shared, port, caplog):
     """The control: without cancellation the query keeps the server busy."""
-    shared.pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
-    monitor = await asyncpg.connect(dsn)
+    shared.pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=1)
+    monitor = await asyncpg.connect(postgres_dsn)
     try:
         conn = await RawHTTPConnection.open(port)
         await conn.send_request("GET", "/report-uncancellable?seconds=1")
-        await wait_for_count(monitor, 1)
+        await wait_until(
+            lambda: active_sleeps_are(monitor, 1), what="the query running", interval=0.002
+        )
         conn.close("rst")
-        await asyncio.sleep(0.3)
+        await nothing_happens_within(0.3, what="the uncancellable query ending early")
         assert await active_sleeps(monitor) == 1
         await asyncio.wait_for(shared.finished.wait(), 5)
         assert shared.events == ["query completed", "status 499"]

@@ -8,16 +8,13 @@ import json
 import logging
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import tornado.web
 
-from tests.servers import RedisServer
 from tests.sse_client import StreamReader, parse_events
-from tests.support import Probe, access_statuses, settle
+from tests.support import Probe, access_statuses, settle, wait_until
 from tornado_jsonservlet import BroadcastUnavailable, EndReason, EventStreamMixin
 
 redis_asyncio = pytest.importorskip("redis.asyncio", reason="the 'redis' extra is not installed")
@@ -27,12 +24,6 @@ from tornado_jsonservlet.streams.redis_broadcast import RedisBroadcaster  # noqa
 pytestmark = pytest.mark.gen_test
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    with RedisServer(tmp_path) as server:
-        yield server
 
 
 @pytest.fixture
@@ -49,13 +40,6 @@ async def numsub(url: str, channel: str) -> int:
         return int(count)
     finally:
         await client.aclose()
-
-
-async def wait_until(condition: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not (await condition() if asyncio.iscoroutinefunction(condition) else condition()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 def errors(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -86,7 +70,7 @@ async def test_last_subscriber_leaving_unsubscribes_in_redis(redis_server, broad
     async def unsubscribed() -> bool:
         return await numsub(redis_server.url, "test:a") == 0
 
-    await wait_until(unsubscribed)
+    await wait_until(unsubscribed, what="no subscriber left in Redis")
     # And subscribing again works on the same connection.
     async with broadcaster.subscribe("a") as again:
         await broadcaster.publish("a", "back")
@@ -130,7 +114,7 @@ async def test_lagging_subscriber_over_redis(broadcaster):
     async with broadcaster.subscribe("a", max_queued=2) as slow:
         for n in range(4):
             await broadcaster.publish("a", n)
-        await wait_until(lambda: slow.ended is not None)
+        await wait_until(lambda: slow.ended is not None, what="the slow subscription ending")
         assert [m async for m in slow] == [0, 1]
         assert slow.ended is EndReason.LAGGED
 
@@ -139,7 +123,7 @@ async def test_losing_redis_ends_subscriptions_cleanly(redis_server, broadcaster
     baseline = len(asyncio.all_tasks())
     async with broadcaster.subscribe("a") as first, broadcaster.subscribe("b") as second:
         readers = [asyncio.ensure_future(m.__anext__()) for m in (first, second)]
-        await asyncio.sleep(0.05)
+        await settle()  # the readers start waiting
         redis_server.kill()
         done, pending = await asyncio.wait(readers, timeout=5)
         assert not pending, "a subscription hung after Redis went away"
@@ -165,7 +149,9 @@ async def test_losing_redis_ends_subscriptions_cleanly(redis_server, broadcaster
     async with broadcaster.subscribe("a") as again:
         await broadcaster.publish("a", "back")
         assert await asyncio.wait_for(again.__anext__(), 2) == "back"
-    await wait_until(lambda: len(asyncio.all_tasks()) <= baseline + 1)  # + the reader
+    await wait_until(  # + the reader
+        lambda: len(asyncio.all_tasks()) <= baseline + 1, what="the tasks back to the baseline"
+    )
 
 
 # -- an SSE endpoint on Redis ------------------------------------------------------
@@ -215,7 +201,7 @@ async def test_sse_client_leaving_unsubscribes_in_redis(
     async def unsubscribed() -> bool:
         return await numsub(redis_server.url, "test:feed") == 0
 
-    await wait_until(unsubscribed)
+    await wait_until(unsubscribed, what="no subscriber left in Redis")
     await settle()
     assert access_statuses(caplog) == [499]
     assert errors(caplog) == []

@@ -19,7 +19,9 @@ from tests.support import (
     access_lines,
     access_statuses,
     leave_while_suspended,
+    nothing_happens_within,
     settle,
+    wait_until,
 )
 from tornado_jsonservlet import CancelOnDisconnectMixin, cancellable, uncancellable
 from tornado_jsonservlet.testing import RawHTTPConnection
@@ -315,7 +317,7 @@ async def test_slow_prepare_is_cancelled_and_verb_never_runs(port, probe, caplog
 @HOW
 async def test_call_later_timer_never_fires_after_disconnect(port, probe, caplog, how):
     await leave_while_suspended(port, probe, "/timer", how)
-    await asyncio.sleep(0.35)
+    await nothing_happens_within(0.35, what="the 0.2 s timer firing")
     assert probe.count("timer-fired") == 0
     assert access_statuses(caplog) == [499]
 
@@ -323,7 +325,7 @@ async def test_call_later_timer_never_fires_after_disconnect(port, probe, caplog
 async def test_call_later_timer_is_cancelled_when_request_finishes(http_client, base_url, probe):
     response = await http_client.fetch(base_url + "/timer?wait=0.01")
     assert response.body == b"done"
-    await asyncio.sleep(0.35)
+    await nothing_happens_within(0.35, what="the 0.2 s timer firing")
     assert probe.count("timer-fired") == 0
 
 
@@ -478,14 +480,8 @@ async def test_many_concurrent_disconnects_leak_no_tasks(port, probe, caplog):
     await probe.wait_suspended()
     for index, conn in enumerate(conns):
         conn.close("rst" if index % 2 else "fin")
-    for _ in range(200):
-        if probe.count("on_finish") == count:
-            break
-        await asyncio.sleep(0.01)
-    for _ in range(50):
-        await asyncio.sleep(0.01)
-        if asyncio.all_tasks() <= baseline:
-            break
+    await wait_until(lambda: probe.count("on_finish") == count, what=f"{count} handlers finished")
+    await wait_until(lambda: asyncio.all_tasks() <= baseline, what="the tasks back to the baseline")
     assert probe.count("finally") == count
     assert probe.count("after-await") == 0
     assert access_statuses(caplog) == [499] * count
@@ -520,17 +516,25 @@ async def test_disconnect_racing_with_finish(port, probe, caplog, order):
     assert probe.count("on_finish") == rounds
 
 
-async def test_client_that_resets_right_after_sending(port, probe, caplog):
+async def test_client_that_resets_right_after_sending(http_server, port, probe, caplog):
     rounds = 10
     for _ in range(rounds):
         conn = await RawHTTPConnection.open(port)
         await conn.send_request("GET", "/slow")
         await asyncio.sleep(0.001)
         conn.close("rst")
-    for _ in range(300):
-        if len(access_lines(caplog)) == rounds:
-            break
-        await asyncio.sleep(0.01)
+    # A reset may come before the server read the request: not every round reaches a
+    # handler. Wait until the server has closed every connection and each handler
+    # that started has ended and been logged.
+    await settle()  # the server accepts the connections
+    await wait_until(
+        lambda: (
+            not http_server._connections
+            and probe.count("finally") == probe.count("started")
+            and len(access_lines(caplog)) == probe.count("on_finish")
+        ),
+        what="the server done with every reset connection",
+    )
     await settle()
     # Every request that reached a handler is logged once, as 499; none ran its work.
     assert access_statuses(caplog) == [499] * len(access_lines(caplog))

@@ -13,7 +13,14 @@ import tornado.testing
 import tornado.web
 from tornado.httpclient import AsyncHTTPClient
 
-from tests.support import Probe, ProbeHandler, access_statuses, settle
+from tests.support import (
+    Probe,
+    ProbeHandler,
+    access_statuses,
+    nothing_happens_within,
+    settle,
+    wait_until,
+)
 from tornado_jsonservlet import (
     CancelReason,
     JsonErrorMixin,
@@ -139,8 +146,20 @@ async def leave(port: int, probe: Probe, method: str, path: str, how: str) -> No
     await probe.wait_suspended()
     conn.close(how)  # type: ignore[arg-type]
     await probe.wait_finished()
-    await asyncio.sleep(0.3)  # longer than the work, so work that goes on is seen
     await settle()
+
+
+async def work_goes_on(probe: Probe) -> None:
+    """The 0.2 s of work after the client left records its resource."""
+    await wait_until(
+        lambda: probe.count("resource-recorded") >= 1, what="the work recording its resource"
+    )
+    await settle()
+
+
+async def work_stopped(probe: Probe) -> None:
+    """Longer than the work: cancelled work that went on anyway would be seen."""
+    await nothing_happens_within(0.3, what="the cancelled work recording its resource")
 
 
 # -- the default: cancel what is safe to cancel ----------------------------------------
@@ -150,6 +169,7 @@ async def leave(port: int, probe: Probe, method: str, path: str, how: str) -> No
 @pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
 async def test_mutating_request_completes_its_side_effect(port, probe, caplog, method, how):
     await leave(port, probe, method, "/effect", how)
+    await work_goes_on(probe)
     assert probe.count("resource-recorded") == 1
     assert probe.count("cancelled") == 0
     assert access_statuses(caplog) == [499]
@@ -158,6 +178,7 @@ async def test_mutating_request_completes_its_side_effect(port, probe, caplog, m
 @HOW
 async def test_safe_request_is_cancelled_by_default(port, probe, caplog, how):
     await leave(port, probe, "GET", "/effect", how)
+    await work_stopped(probe)
     assert probe.count("cancelled") == 1
     assert probe.count("resource-recorded") == 0
     assert access_statuses(caplog) == [499]
@@ -165,6 +186,7 @@ async def test_safe_request_is_cancelled_by_default(port, probe, caplog, how):
 
 async def test_cancellable_post_is_cancelled(port, probe, caplog):
     await leave(port, probe, "POST", "/opted-in", "rst")
+    await work_stopped(probe)
     assert probe.count("cancelled") == 1
     assert probe.count("resource-recorded") == 0
     assert access_statuses(caplog) == [499]
@@ -172,12 +194,14 @@ async def test_cancellable_post_is_cancelled(port, probe, caplog):
 
 async def test_policy_all_cancels_mutating_requests(port, probe, caplog):
     await leave(port, probe, "DELETE", "/all", "fin")
+    await work_stopped(probe)
     assert probe.count("cancelled") == 1
     assert access_statuses(caplog) == [499]
 
 
 async def test_policy_none_cancels_nothing_but_still_detects(port, probe, caplog):
     await leave(port, probe, "GET", "/none", "rst")
+    await work_goes_on(probe)
     assert probe.count("resource-recorded") == 1
     assert probe.count("on_disconnect") == 1
     assert access_statuses(caplog) == [499]
@@ -185,12 +209,15 @@ async def test_policy_none_cancels_nothing_but_still_detects(port, probe, caplog
 
 async def test_uncancellable_verb_wins_over_the_policy(port, probe, caplog):
     await leave(port, probe, "GET", "/uncancellable-get", "rst")
+    await work_goes_on(probe)
     assert probe.count("resource-recorded") == 1
     assert access_statuses(caplog) == [499]
 
 
 async def test_shielded_makes_an_opted_in_post_safe(port, probe, caplog):
     await leave(port, probe, "POST", "/shielded-post", "rst")
+    await work_goes_on(probe)
+    await nothing_happens_within(0.1, what="the handler going on past its shield")
     assert probe.count("resource-recorded") == 1
     assert probe.count("after-shield") == 0
     assert access_statuses(caplog) == [499]
@@ -198,12 +225,14 @@ async def test_shielded_makes_an_opted_in_post_safe(port, probe, caplog):
 
 async def test_servlet_post_is_not_cancelled_by_default(port, probe, caplog):
     await leave(port, probe, "POST", "/servlet/create", "rst")
+    await work_goes_on(probe)
     assert probe.count("resource-recorded") == 1
     assert access_statuses(caplog) == [499]
 
 
 async def test_servlet_post_opts_in_with_cancellable(port, probe, caplog):
     await leave(port, probe, "POST", "/servlet/cancellable", "fin")
+    await work_stopped(probe)
     assert probe.count("resource-started") == 1
     assert probe.count("resource-recorded") == 0
     assert access_statuses(caplog) == [499]

@@ -7,12 +7,18 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import pytest
 import tornado.web
 
-from tests.support import Probe, ProbeHandler, access_statuses, messages
+from tests.support import (
+    Probe,
+    ProbeHandler,
+    access_statuses,
+    messages,
+    nothing_happens_within,
+    wait_until,
+)
 from tornado_jsonservlet import CancelToken, current_cancel_token, run_in_executor
 from tornado_jsonservlet.core.context import deadline_remaining, loop_time, request_deadline
 from tornado_jsonservlet.testing import RawHTTPConnection
@@ -61,18 +67,11 @@ def app(probe: Probe) -> tornado.web.Application:
     return tornado.web.Application([("/work", ThreadWorkHandler, {"probe": probe})])
 
 
-async def wait_until(condition: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.002)
-
-
 async def leave_during_thread_work(port: int, probe: Probe, mode: str, how: str) -> float:
     conn = await RawHTTPConnection.open(port)
     await conn.send_request("GET", f"/work?mode={mode}")
-    await wait_until(lambda: "thread-started" in probe.values)
-    await wait_until(probe.values["thread-started"].is_set)
+    await wait_until(lambda: "thread-started" in probe.values, what="the handler starts the thread")
+    await wait_until(probe.values["thread-started"].is_set, what="the thread starts its work")
     left = time.monotonic()
     conn.close(how)  # type: ignore[arg-type]
     await probe.wait_finished()
@@ -88,12 +87,13 @@ async def test_client_leaving_releases_the_handler_and_tells_the_thread(
     assert probe.values["status"] == 499
     assert access_statuses(caplog) == [499]
     assert probe.values["released"] - left < 0.5
-    await wait_until(lambda: "thread-ended" in probe.values)
+    await wait_until(lambda: "thread-ended" in probe.values, what="the cancelled thread ends")
     token = probe.values["token"]
     assert token.cancelled
     # The thread learned it at once, not at the end of its 10 s wait.
     assert probe.values["noticed"] - probe.values["released"] < 0.1
-    await asyncio.sleep(0.05)  # the thread's outcome reaches the loop: nothing is logged
+    # The thread's outcome reaches the loop: nothing is logged (the suite's guard).
+    await nothing_happens_within(0.05, what="a log record about the thread's outcome")
 
 
 async def test_thread_that_ignores_its_token_is_abandoned_quietly(port, probe, caplog):
@@ -101,8 +101,8 @@ async def test_thread_that_ignores_its_token_is_abandoned_quietly(port, probe, c
     released = probe.values["released"] - left
     assert released < 0.2  # not the thread's 0.3 s
     assert "thread-ended" not in probe.values  # it is still running
-    await wait_until(lambda: "thread-ended" in probe.values)
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: "thread-ended" in probe.values, what="the abandoned thread ends")
+    await nothing_happens_within(0.05, what="a log record about the abandoned thread's error")
     # Its ValueError went nowhere: no ERROR (the suite guard), no "never retrieved".
     assert not [m for m in messages(caplog) if "never retrieved" in m or "late failure" in m]
     assert access_statuses(caplog) == [499]
@@ -110,7 +110,7 @@ async def test_thread_that_ignores_its_token_is_abandoned_quietly(port, probe, c
 
 async def test_connected_client_gets_the_result(http_client, port, probe):
     fetch = http_client.fetch(f"http://127.0.0.1:{port}/work?mode=return")
-    await wait_until(lambda: "token" in probe.values)
+    await wait_until(lambda: "token" in probe.values, what="the thread gets its token")
     assert not probe.values["token"].cancelled
     probe.values["token"].cancel()  # lets the thread's wait end; nobody cancelled the await
     response = await fetch
@@ -146,7 +146,7 @@ async def test_wait_for_cancels_the_await_and_sets_the_token():
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(run_in_executor(work), 0.05)
     assert time.monotonic() - started < 0.5
-    await wait_until(done.is_set)
+    await wait_until(done.is_set, what="the thread sees its token cancelled")
     assert tokens[0].cancelled
 
 
@@ -159,9 +159,15 @@ def single_thread() -> Iterator[ThreadPoolExecutor]:
 async def test_call_still_queued_in_the_executor_never_starts(single_thread):
     gate = threading.Event()
     ran: list[str] = []
-    first = asyncio.ensure_future(run_in_executor(gate.wait, 5, executor=single_thread))
+    running = threading.Event()
+
+    def hold_the_thread() -> bool:
+        running.set()
+        return gate.wait(5)
+
+    first = asyncio.ensure_future(run_in_executor(hold_the_thread, executor=single_thread))
     second = asyncio.ensure_future(run_in_executor(ran.append, "second", executor=single_thread))
-    await asyncio.sleep(0.05)
+    await wait_until(running.is_set, what="the first call occupies the only thread")
     second.cancel()
     with pytest.raises(asyncio.CancelledError):
         await second

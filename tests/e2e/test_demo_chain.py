@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
@@ -14,7 +13,13 @@ import tornado.web
 from tornado.httpclient import AsyncHTTPClient
 
 import demo_server
-from tests.support import access_lines, demo_log_after_client_leaves, messages
+from tests.support import (
+    access_lines,
+    demo_log_after_client_leaves,
+    messages,
+    nothing_happens_within,
+    wait_until,
+)
 from tornado_jsonservlet.testing import RawHTTPConnection
 
 pytestmark = pytest.mark.gen_test
@@ -38,22 +43,20 @@ def app(http_port: int, cancellable_client: None) -> tornado.web.Application:
     return demo_server.make_app(chain_upstream=f"http://127.0.0.1:{http_port}")
 
 
-async def wait_for(condition, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
-
-
 @pytest.mark.parametrize("how", ["fin", "rst"])
-async def test_client_leaving_chain_cancels_both_hops(http_server, http_port, caplog, how):
+async def test_client_leaving_chain_cancels_both_hops(
+    http_server, http_port, caplog, how, demo_work_started
+):
     conn = await RawHTTPConnection.open(http_port)
     await conn.send_request("GET", "/chain?delay=3")
-    await wait_for(lambda: any(line.startswith("chain: fetching") for line in messages(caplog)))
-    await asyncio.sleep(0.2)  # the inner request is being served
+    await wait_until(
+        lambda: any(line.startswith("chain: fetching") for line in messages(caplog)),
+        what="the chain fetching its inner request",
+    )
+    await wait_until(lambda: demo_work_started == ["/?delay=3"], what="the inner request served")
     conn.close(how)
-    await wait_for(lambda: len(access_lines(caplog)) == 2)
-    await asyncio.sleep(0.1)
+    await wait_until(lambda: len(access_lines(caplog)) == 2, what="both hops logged")
+    await nothing_happens_within(0.1, what="a third access line or the inner work running")
     lines = access_lines(caplog)
     assert sorted(line.split(" (")[0] for line in lines) == [
         "499 GET /?delay=3",
@@ -95,7 +98,12 @@ async def test_bad_delay_is_a_json_400(http_client, http_server, http_port, capl
 @pytest.mark.parametrize("how", ["fin", "rst"])
 def test_command_line_demo_chain(how):
     """``demo_server.py`` as the README runs it, a client leaving ``/chain``."""
-    log = demo_log_after_client_leaves("/chain?delay=3", 0.7, how)
+    log = demo_log_after_client_leaves(
+        "/chain?delay=3",
+        0.7,
+        how,
+        until=(r" 499 GET /chain\?delay=3 ", r" 499 GET /\?delay=3 ", re.escape(CLEANUP)),
+    )
     assert re.search(r"\[W [^\]]*\] 499 GET /chain\?delay=3 \(127\.0\.0\.1\)", log), log
     assert re.search(r"\[W [^\]]*\] 499 GET /\?delay=3 \(127\.0\.0\.1\)", log), log
     assert log.count(CLEANUP) == 1, log
@@ -113,8 +121,8 @@ async def test_chain_deadline_answers_504_and_stops_the_inner_hop(http_server, h
     assert response.code == 504
     assert json.loads(response.body)["errcode"] == "DEADLINE_EXCEEDED"
     assert time.monotonic() - started < 2.5
-    await wait_for(lambda: len(access_lines(caplog)) == 2)
-    await asyncio.sleep(0.1)
+    await wait_until(lambda: len(access_lines(caplog)) == 2, what="both hops logged")
+    await nothing_happens_within(0.1, what="a third access line or the inner work running")
     statuses = sorted(int(line.split()[0]) for line in access_lines(caplog))
     assert statuses[-1] == 504, statuses
     assert statuses[0] in (499, 504), statuses

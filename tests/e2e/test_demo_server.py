@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import time
 from pathlib import Path
 
 import pytest
 import tornado.web
 
 import demo_server
-from tests.support import access_statuses, demo_log_after_client_leaves, messages
+from tests.support import (
+    access_statuses,
+    demo_log_after_client_leaves,
+    messages,
+    nothing_happens_within,
+    wait_until,
+)
 from tornado_jsonservlet.testing import RawHTTPConnection
 
 pytestmark = pytest.mark.gen_test
@@ -27,13 +31,6 @@ def app() -> tornado.web.Application:
     return demo_server.make_app()
 
 
-async def wait_for_message(caplog: pytest.LogCaptureFixture, text: str, timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in messages(caplog):
-        assert time.monotonic() < deadline, f"{text!r} never logged"
-        await asyncio.sleep(0.01)
-
-
 @pytest.mark.parametrize(
     ("query", "how"),
     [
@@ -43,13 +40,15 @@ async def wait_for_message(caplog: pytest.LogCaptureFixture, text: str, timeout:
         ("delay=3&error=yes", "rst"),
     ],
 )
-async def test_client_killed_mid_request(http_server, http_port, caplog, query, how):
+async def test_client_killed_mid_request(
+    http_server, http_port, caplog, query, how, demo_work_started
+):
     conn = await RawHTTPConnection.open(http_port)
     await conn.send_request("GET", f"/?{query}")
-    await asyncio.sleep(0.5)
+    await wait_until(lambda: demo_work_started == [f"/?{query}"], what="the handler started")
     conn.close(how)
-    await wait_for_message(caplog, CLEANUP)
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: CLEANUP in messages(caplog), what="the clean-up logged")
+    await nothing_happens_within(0.05, what="a second clean-up")
     assert messages(caplog).count(CLEANUP) == 1
     assert WORK not in messages(caplog)
     assert access_statuses(caplog) == [499]
@@ -80,7 +79,9 @@ async def test_bad_delay_is_a_clear_400(http_client, base_url, caplog, delay):
 @pytest.mark.parametrize("how", ["fin", "rst"])
 def test_command_line_demo_reproduces_the_seed_scenario(how):
     """Run it exactly as the README says and kill a client mid-request."""
-    log = demo_log_after_client_leaves("/?delay=3", 0.5, how)
+    log = demo_log_after_client_leaves(
+        "/?delay=3", 0.5, how, until=(r" 499 GET /\?delay=3 ", re.escape(CLEANUP))
+    )
     assert log.count(CLEANUP) == 1, log
     assert WORK not in log
     assert re.search(r"\[W [^\]]*\] 499 GET /\?delay=3 \(127\.0\.0\.1\)", log), log

@@ -12,6 +12,7 @@ import pytest
 import tornado.web
 from tornado.httpclient import AsyncHTTPClient
 
+from tests.support import nothing_happens_within, wait_until
 from tornado_jsonservlet import JsonResponseMixin
 from tornado_jsonservlet.jsonio.lane import LowPriorityLane, lane_for_running_loop
 
@@ -61,7 +62,8 @@ async def test_a_caller_cancelled_during_the_pause_runs_no_work() -> None:
     await lane.run(lambda: spin(PIECE))
     ran: list[bool] = []
     waiting = asyncio.ensure_future(lane.run(lambda: ran.append(True)))
-    await asyncio.sleep(PIECE / 5)  # inside the pause
+    # It holds the lane's lock, sleeping through the pause (PIECE long) before its work.
+    await wait_until(lane._lock.locked, what="the caller waiting in the pause", interval=0.001)
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
@@ -101,7 +103,7 @@ async def test_bulk_share_one_turns_the_pause_off() -> None:
 async def test_politeness_ends_after_the_window() -> None:
     lane = LowPriorityLane(interactive_window=0.02)
     lane.note_interactive()
-    await asyncio.sleep(0.03)
+    await nothing_happens_within(0.03, what="interactive work (the window is 0.02 s)")
     assert not lane.yielding_to_interactive
     assert await gap_between_two_pieces(lane) < PIECE
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from typing import Any
@@ -10,7 +9,13 @@ from typing import Any
 import pytest
 import tornado.web
 
-from tests.support import Probe, access_statuses, settle
+from tests.support import (
+    Probe,
+    access_statuses,
+    nothing_happens_within,
+    settle,
+    wait_until,
+)
 from tornado_jsonservlet import (
     CancelOnDisconnectMixin,
     JsonBodyMixin,
@@ -171,7 +176,7 @@ async def test_slow_reader_gets_backpressure_and_the_whole_body(http_server, htt
     conn = await RawHTTPConnection.open(http_port)
     await conn.send_request("GET", "/slow", headers={"Connection": "close"})
     await probe.wait_suspended()
-    await asyncio.sleep(0.5)
+    await nothing_happens_within(0.5, what="the client reading the response")
     # Not reading: the handler must be held at a flush, not finished with everything buffered.
     assert probe.count("sent") == 0
     raw = await conn.read_until_close(timeout=10)
@@ -197,12 +202,12 @@ async def test_disconnect_during_big_response_stops_work(
     conn = await RawHTTPConnection.open(http_port)
     await conn.send_request("GET", "/slow")
     await probe.wait_suspended()
-    await asyncio.sleep(0.01)
+    await wait_until(lambda: runs >= 1, what="the lane encoding the first piece")
     conn.close("rst")
     await probe.wait_finished()
     await settle()
     runs_at_finish = runs
-    await asyncio.sleep(0.2)
+    await nothing_happens_within(0.2, what="the lane running a piece for a finished request")
     assert runs == runs_at_finish
     assert probe.count("sent") == 0
     assert access_statuses(caplog) == [499]

@@ -25,7 +25,13 @@ import tornado.web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
-from tests.support import access_statuses, messages, settle
+from tests.support import (
+    access_statuses,
+    messages,
+    nothing_happens_within,
+    settle,
+    wait_until,
+)
 from tornado_jsonservlet import CancelOnDisconnectMixin
 from tornado_jsonservlet.core.context import (
     deadline_header,
@@ -195,22 +201,12 @@ def pending_tasks() -> set[asyncio.Task[Any]]:
     return {task for task in asyncio.all_tasks() if not task.done()}
 
 
-async def eventually(condition: Any, timeout: float = 2.0, what: str = "") -> float:
-    """Wait until ``condition()`` is true; return how long it took, in seconds."""
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    while not condition():
-        assert loop.time() - start < timeout, f"timed out waiting for {what or condition}"
-        await asyncio.sleep(0.002)
-    return loop.time() - start
-
-
 async def resources_back_to(fds: int, tasks: set[asyncio.Task[Any]]) -> None:
-    await eventually(
+    await wait_until(
         lambda: open_fds() <= fds,
         what=f"file descriptors back to {fds}: {os.listdir('/proc/self/fd')}",
     )
-    await eventually(lambda: not (pending_tasks() - tasks), what="tasks back to baseline")
+    await wait_until(lambda: not (pending_tasks() - tasks), what="tasks back to baseline")
 
 
 def assert_idle(client: SimpleAsyncHTTPClient) -> None:
@@ -336,11 +332,11 @@ async def test_body_producer_waiting_is_stopped(client, upstream, base):
     )
     await upstream.wait("upload data")
     fetch.cancel()
-    await eventually(lambda: producer_state == ["cancelled"], what="producer cancelled")
+    await wait_until(lambda: producer_state == ["cancelled"], what="producer cancelled")
     await upstream.wait("finished /upload")
     assert upstream.count("upload complete") == 0
     assert_idle(client)
-    await eventually(lambda: not (pending_tasks() - tasks), what="tasks back to baseline")
+    await wait_until(lambda: not (pending_tasks() - tasks), what="tasks back to baseline")
 
 
 async def test_redirect_being_followed_is_aborted(client, upstream, base):
@@ -404,13 +400,17 @@ class SlowResolver(tornado.netutil.Resolver):
         self.delay = delay
         self.fail = fail
         self.calls = 0
+        self.answered = 0
 
     async def resolve(self, host: str, port: int, family: Any = socket.AF_UNSPEC) -> Any:
         self.calls += 1
-        await asyncio.sleep(self.delay)
-        if self.fail:
-            raise OSError(f"no such host: {host}")
-        return [(socket.AF_INET, ("127.0.0.1", port))]
+        try:
+            await asyncio.sleep(self.delay)
+            if self.fail:
+                raise OSError(f"no such host: {host}")
+            return [(socket.AF_INET, ("127.0.0.1", port))]
+        finally:
+            self.answered += 1
 
 
 @pytest.mark.parametrize("fail", [False, True], ids=["answers", "fails"])
@@ -421,11 +421,12 @@ async def test_cancelled_while_resolving(upstream, port, fail):
     fds, tasks = open_fds(), pending_tasks()
     try:
         fetch = client.fetch(f"http://upstream.invalid:{port}/fast")
-        await eventually(lambda: resolver.calls == 1, what="resolving")
+        await wait_until(lambda: resolver.calls == 1, what="resolving")
         fetch.cancel()
         await settle()
         assert_idle(client)
-        await asyncio.sleep(0.4)  # the resolver answers now, to nobody
+        await wait_until(lambda: resolver.answered == 1, what="the resolver answering, to nobody")
+        await settle()  # its answer or failure reaches the abandoned future
         gc.collect()  # an unread failure would be reported now (the suite fails on it)
         assert upstream.events == []
         await resources_back_to(fds, tasks)
@@ -448,11 +449,11 @@ def full_backlog() -> Iterator[int]:
 async def test_cancelled_while_connecting_closes_the_attempt(client, full_backlog):
     fds, tasks = open_fds(), pending_tasks()
     fetch = client.fetch(f"http://127.0.0.1:{full_backlog}/")
-    await eventually(lambda: open_fds() > fds, what="connection attempt opened")
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: open_fds() > fds, what="connection attempt opened")
+    await nothing_happens_within(0.05, what="the connection completing against a full backlog")
     assert not fetch.done()  # still connecting
     fetch.cancel()
-    took = await eventually(lambda: open_fds() <= fds, what="attempt closed")
+    took = await wait_until(lambda: open_fds() <= fds, what="attempt closed")
     assert took < 0.1
     assert_idle(client)
     await resources_back_to(fds, tasks)
@@ -472,14 +473,15 @@ async def test_cancelled_during_tls_handshake(client, silent_listener):
     port = silent_listener.getsockname()[1]
     fds, tasks = open_fds(), pending_tasks()
     fetch = client.fetch(f"https://127.0.0.1:{port}/", validate_cert=False)
-    await eventually(lambda: open_fds() == fds + 1, what="connected")
-    await asyncio.sleep(0.05)  # ClientHello sent, no answer
+    await wait_until(lambda: open_fds() == fds + 1, what="connected")
+    # The ClientHello goes out; the listener never answers it.
+    await nothing_happens_within(0.05, what="the TLS handshake completing")
     assert not fetch.done()
     fetch.cancel()
     await settle()
     assert_idle(client)  # on every Tornado, the slot is free at once
     if TORNADO_66:
-        took = await eventually(lambda: open_fds() <= fds, what="handshake closed")
+        took = await wait_until(lambda: open_fds() <= fds, what="handshake closed")
         assert took < 0.1
     else:
         # Tornado < 6.6 cannot interrupt a handshake: it ends when the server hangs up,
@@ -496,7 +498,7 @@ async def test_fetch_cancelled_at_once_is_never_sent(client, upstream, base, cap
     """Tornado sends it anyway and logs "Exception after Future was cancelled" at ERROR."""
     fetch = client.fetch(f"{base}/404")
     assert fetch.cancel()
-    await asyncio.sleep(0.1)
+    await nothing_happens_within(0.1, what="the cancelled fetch reaching the upstream")
     assert upstream.statuses == []
     assert access_statuses(caplog) == []
     assert_idle(client)
@@ -517,8 +519,9 @@ async def test_answer_arriving_before_the_abort_is_dropped_quietly(client, base,
             loop.call_soon(fetch.cancel)
 
     fetch = client.fetch(f"{base}/404", header_callback=on_header)
-    await eventually(lambda: access_statuses(caplog) == [404], what="the upstream answered")
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: access_statuses(caplog) == [404], what="the upstream answered")
+    await wait_until(fetch.cancelled, what="the fetch cancelled from its header callback")
+    await nothing_happens_within(0.05, what="a log record of a result after the cancel")
     assert fetch.cancelled()
     assert not [m for m in messages(caplog) if "after Future was cancelled" in m]
     assert_idle(client)
@@ -580,7 +583,7 @@ async def test_passed_deadline_sends_nothing(http_client, base, upstream):
     assert result["code"] == 599
     assert "deadline passed" in result["error"]
     assert result["took"] < 0.1
-    await asyncio.sleep(0.05)
+    await nothing_happens_within(0.05, what="a request reaching the upstream")
     assert upstream.events == []
 
 

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -93,9 +92,9 @@ def _load_then_signal(app: AppProcess, kill) -> dict[str, list[Reply]]:
             for i, (kind, path, method) in enumerate(jobs)
         }
         app.wait_for(r"production_app started (quick|long|post)", 18)
-        time.sleep(0.2)  # the plain handlers have no log line; give them time to start
+        app.wait_for(r"production_app plain handler started", 2)
         kill()
-        time.sleep(0.3)
+        app.wait_for(r"Shutting down: stopped accepting", 2)  # both workers
         late = [pool.submit(request, app.port, "GET", "/slow?tag=late") for _ in range(4)]
         results: dict[str, list[Reply]] = {kind: [] for kind in kinds}
         for key, future in futures.items():
@@ -196,7 +195,7 @@ def test_abandoned_requests_end_with_the_process_and_no_error(start):
         post = pool.submit(request, app.port, "POST", "/work?delay=20&tag=post")
         plain = pool.submit(request, app.port, "GET", "/plain?delay=20")
         app.wait_for("started post")
-        time.sleep(0.2)
+        app.wait_for("plain handler started")
         os.kill(app.proc.pid, signal.SIGTERM)
         assert app.proc.wait(timeout=10) == 0
         assert post.result(timeout=10).status == 0  # cut: no answer

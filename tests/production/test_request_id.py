@@ -13,7 +13,7 @@ import tornado.web
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.support import access_lines
+from tests.support import access_lines, wait_until
 from tornado_jsonservlet import (
     CancelOnDisconnectMixin,
     JsonErrorMixin,
@@ -219,15 +219,12 @@ async def test_the_id_is_on_the_access_line_of_a_request_whose_client_left(port,
     try:
         conn = await RawHTTPConnection.open(port)
         await conn.send_request("GET", "/slow", headers={"X-Request-ID": "gone-1"})
-        for _ in range(200):
-            if "slow started" in [r.getMessage() for r in caplog.records]:
-                break
-            await asyncio.sleep(0.01)
+        await wait_until(
+            lambda: "slow started" in [r.getMessage() for r in caplog.records],
+            what="the handler started",
+        )
         conn.close("rst")
-        for _ in range(200):
-            if "gone-1" in stream.getvalue():
-                break
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: "gone-1" in stream.getvalue(), what="the 499 logged with its ID")
     finally:
         access.removeHandler(handler)
     assert stream.getvalue().startswith("gone-1 499 GET /slow ")

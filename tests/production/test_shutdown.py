@@ -10,7 +10,7 @@ import json
 import logging
 import math
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 import tornado.httpserver
@@ -19,7 +19,7 @@ import tornado.web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPResponse
 from tornado.testing import bind_unused_port
 
-from tests.support import Probe, access_lines, settle
+from tests.support import Probe, access_lines, settle, wait_until
 from tornado_jsonservlet import (
     SHUTTING_DOWN,
     CancelOnDisconnectMixin,
@@ -89,15 +89,10 @@ class Server:
         )
 
     async def started(self, *tags: str) -> None:
-        await until(lambda: all(self.probe.count(f"started {tag}") for tag in tags))
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    for _ in range(int(timeout / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not met in time")
+        await wait_until(
+            lambda: all(self.probe.count(f"started {tag}") for tag in tags),
+            what=f"the handlers {tags} started",
+        )
 
 
 @pytest.fixture
@@ -174,7 +169,9 @@ async def test_what_outlives_the_bound_is_abandoned_with_a_warning(served: Serve
     post = served.fetch("/work?delay=1.0&tag=post", method="POST")
     plain = served.fetch("/plain?delay=1.0")
     await served.started("post")
-    await until(lambda: served.probe.count("plain started") > 0)
+    await wait_until(
+        lambda: served.probe.count("plain started") > 0, what="the plain handler started"
+    )
     report = await GracefulShutdown([served.server], grace=0.1, abandon_after=0.2).shutdown()
     assert len(report.abandoned) == 2
     assert report.abandoned[0].startswith("POST /work?delay=1.0&tag=post (Tracked, running ")
@@ -187,8 +184,9 @@ async def test_what_outlives_the_bound_is_abandoned_with_a_warning(served: Serve
     for reply in (post, plain):
         with pytest.raises(HTTPClientError, match="Stream closed"):
             await reply
-    await until(
-        lambda: served.probe.count("cleanup post") + served.probe.count("plain finished") == 2
+    await wait_until(
+        lambda: served.probe.count("cleanup post") + served.probe.count("plain finished") == 2,
+        what="the post cleaned up and the plain handler finished",
     )
     await settle()
 
@@ -249,7 +247,9 @@ async def test_the_in_flight_registry_holds_running_toolkit_requests_only(served
     reply = served.fetch("/work?delay=0.3&tag=one")
     plain = served.fetch("/plain?delay=0.3")
     await served.started("one")
-    await until(lambda: served.probe.count("plain started") > 0)
+    await wait_until(
+        lambda: served.probe.count("plain started") > 0, what="the plain handler started"
+    )
     (handler,) = running_requests()  # the plain handler is not a toolkit request
     assert isinstance(handler, Tracked)
     assert handler.request.uri == "/work?delay=0.3&tag=one"

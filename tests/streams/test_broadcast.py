@@ -8,6 +8,7 @@ import logging
 
 import pytest
 
+from tests.support import nothing_happens_within
 from tornado_jsonservlet import BroadcastUnavailable, EndReason, InMemoryBroadcaster
 
 pytestmark = pytest.mark.gen_test
@@ -44,7 +45,7 @@ async def test_a_waiting_reader_is_woken_by_publish():
     broadcaster = InMemoryBroadcaster()
     async with broadcaster.subscribe("a") as messages:
         reader = asyncio.ensure_future(collect(messages, 1))
-        await asyncio.sleep(0.01)
+        await nothing_happens_within(0.01, what="the reader returning before a publish")
         assert not reader.done()
         await broadcaster.publish("a", "hi")
         assert await asyncio.wait_for(reader, 1) == ["hi"]
@@ -180,10 +181,10 @@ async def test_until_woken_returns_on_a_wake_or_the_end():
     async with broadcaster.subscribe("a") as messages:
         messages._receive_with(lambda message, memo: None)
         waiting = asyncio.ensure_future(messages._until_woken())
-        await asyncio.sleep(0.01)
+        await nothing_happens_within(0.01, what="a wake-up with nothing sent")
         assert not waiting.done()
         await broadcaster.publish("a", "taken by the receiver")
-        await asyncio.sleep(0.01)
+        await nothing_happens_within(0.01, what="a wake-up by a message for the receiver")
         assert not waiting.done()  # a message for the receiver is no wake-up
         messages._wake()
         await asyncio.wait_for(waiting, 1)

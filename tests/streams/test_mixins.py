@@ -16,7 +16,15 @@ import tornado.web
 from tornado.iostream import StreamClosedError
 
 from tests.sse_client import StreamReader, parse_events
-from tests.support import Probe, ProbeStream, access_statuses, messages, settle
+from tests.support import (
+    Probe,
+    ProbeStream,
+    access_statuses,
+    messages,
+    nothing_happens_within,
+    settle,
+    wait_until,
+)
 from tornado_jsonservlet import (
     EventStreamMixin,
     EventStreamServlet,
@@ -230,13 +238,6 @@ def error_records(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
 
 
-async def wait_until(condition: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
 # -- server-sent events: the format ------------------------------------------------
 
 
@@ -386,9 +387,8 @@ async def test_heartbeat_finds_a_peer_that_vanished_unnoticed(port, probe, caplo
     conn = await RawHTTPConnection.open(port)
     await conn.send_raw(b"GET /silent HTTP/1.1\r\nHost: x\r\n\r\nX")
     await probe.wait_suspended()
-    await asyncio.sleep(0.05)
     conn.close("fin")
-    await asyncio.sleep(0.05)
+    await nothing_happens_within(0.05, what="the server noticing the close by itself")
     assert "on_finish" not in probe.events  # not noticed by the close itself
     await probe.wait_finished(timeout=3)
     assert probe.events == ["finally", "on_finish"]
@@ -421,7 +421,9 @@ async def test_client_leaving_ends_the_stream_cleanly(port, probe, broadcaster, 
     assert broadcaster.subscriber_count() == 0
     assert access_statuses(caplog) == [499]
     assert error_records(caplog) == []
-    await wait_until(lambda: len(asyncio.all_tasks()) <= baseline)
+    await wait_until(
+        lambda: len(asyncio.all_tasks()) <= baseline, what="the tasks back to the baseline"
+    )
 
 
 async def test_server_ending_the_stream_is_a_200(port, probe, broadcaster, caplog):
@@ -443,7 +445,9 @@ async def test_server_ending_the_stream_is_a_200(port, probe, broadcaster, caplo
     assert access_statuses(caplog) == [200]
     assert broadcaster.subscriber_count() == 0
     assert error_records(caplog) == []
-    await wait_until(lambda: len(asyncio.all_tasks()) <= baseline)
+    await wait_until(
+        lambda: len(asyncio.all_tasks()) <= baseline, what="the tasks back to the baseline"
+    )
 
 
 @HOW
@@ -476,7 +480,8 @@ async def test_one_producer_is_paced_by_its_client(port, probe, caplog):
     sock = slow_client_socket(port, "/flood")
     try:
         await probe.wait_suspended()
-        await asyncio.sleep(0.5)  # the client reads nothing
+        # The client reads nothing: the producer gets no further than the kernel buffers.
+        await nothing_happens_within(0.5, what="the producer sending more than is read")
         sent = probe.values["sent"]
         # The producer waits on its flush: only what the kernel buffers got out.
         assert sent < 200, sent
@@ -596,7 +601,8 @@ async def test_json_lines_iterator_closed_while_suspended_in_a_flush(port, probe
     ``finally`` right away."""
     sock = slow_client_socket(port, "/lines?count=100000&pad=1000")
     try:
-        await asyncio.sleep(0.3)  # the buffers fill; the handler waits on a flush
+        # The buffers fill; the handler waits on a flush, its generator still open.
+        await nothing_happens_within(0.3, what="the generator closed while the client is there")
         assert "rows-closed" not in probe.events
     finally:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
@@ -717,7 +723,9 @@ async def test_long_poll_client_leaving_get_is_cancelled(port, probe, broadcaste
     assert broadcaster.subscriber_count() == 0
     assert access_statuses(caplog) == [499]
     assert error_records(caplog) == []
-    await wait_until(lambda: len(asyncio.all_tasks()) <= baseline)
+    await wait_until(
+        lambda: len(asyncio.all_tasks()) <= baseline, what="the tasks back to the baseline"
+    )
 
 
 @HOW

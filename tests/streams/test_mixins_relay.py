@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import socket
-import time
 import zlib
 from collections.abc import AsyncIterator
 from typing import Any, Optional
@@ -30,7 +29,14 @@ from tornado.httpclient import AsyncHTTPClient
 from tornado.iostream import IOStream, StreamClosedError
 
 from tests.sse_client import StreamReader, parse_events
-from tests.support import Probe, ProbeStream, access_lines, settle
+from tests.support import (
+    Probe,
+    ProbeStream,
+    access_lines,
+    nothing_happens_within,
+    settle,
+    wait_until,
+)
 from tornado_jsonservlet import EndReason, EventStreamMixin, InMemoryBroadcaster, JsonErrorMixin
 from tornado_jsonservlet.streams.sse_format import ServerSentEvent, format_event
 from tornado_jsonservlet.testing import RawHTTPConnection
@@ -335,13 +341,6 @@ def statuses(caplog: pytest.LogCaptureFixture, path: str) -> list[int]:
     return found
 
 
-async def wait_until(condition: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
-
-
 class CountedJson:
     """A message whose encoding is counted (ujson calls ``__json__``)."""
 
@@ -371,7 +370,9 @@ async def test_every_message_reaches_every_client_in_order_byte_for_byte(
         for _ in range(25)
     ]
     named = [await open_stream(port, "/relay/news?event=update") for _ in range(25)]
-    await wait_until(lambda: broadcaster.subscriber_count("news") == 50)
+    await wait_until(
+        lambda: broadcaster.subscriber_count("news") == 50, what="50 subscriber(s) on channel news"
+    )
     counted = CountedJson()
     messages: list[Any] = [
         {"n": 0, "text": "café"},
@@ -402,7 +403,7 @@ async def test_every_message_reaches_every_client_in_order_byte_for_byte(
     assert json.loads(events[4].data) == {"counted": True}
 
     await probe.wait_finished()
-    await wait_until(lambda: probe.count("on_finish") == 50)
+    await wait_until(lambda: probe.count("on_finish") == 50, what="50 handler(s) finished")
     assert probe.values["ended"] == [EndReason.BROADCASTER_CLOSED] * 50
     assert probe.values["buffered_at_return"] == [0] * 50
     assert statuses(caplog, "/relay/news") == [200] * 50
@@ -463,7 +464,9 @@ async def test_http_1_0_client_gets_the_events_raw_and_the_connection_closes(
     assert reader.status == 200
     assert "Transfer-Encoding" not in reader.headers
     assert "Content-Length" not in reader.headers
-    await wait_until(lambda: broadcaster.subscriber_count("c") == 1)
+    await wait_until(
+        lambda: broadcaster.subscriber_count("c") == 1, what="1 subscriber(s) on channel c"
+    )
     messages = [{"n": n} for n in range(20)] + ["a\nb", ServerSentEvent("x", id=9)]
     for message in messages:
         await broadcaster.publish("c", message)
@@ -497,12 +500,16 @@ async def test_chunked_framing_parses_with_tornados_client(http_client, base_url
     response_future = http_client.fetch(
         f"{base_url}/relay/c", streaming_callback=received.append, request_timeout=10
     )
-    await wait_until(lambda: broadcaster.subscriber_count("c") == 1)
+    await wait_until(
+        lambda: broadcaster.subscriber_count("c") == 1, what="1 subscriber(s) on channel c"
+    )
     messages = [{"n": n, "pad": "p" * n} for n in range(40)]
     for message in messages[:20]:
         await broadcaster.publish("c", message)
     # Delivered as published, not only at the end.
-    await wait_until(lambda: b"".join(received) == sse_bytes(messages[:20]))
+    await wait_until(
+        lambda: b"".join(received) == sse_bytes(messages[:20]), what="the first 20 events received"
+    )
     for message in messages[20:]:
         await broadcaster.publish("c", message)
     await broadcaster.close()
@@ -516,7 +523,9 @@ async def test_gzip_transform_still_gives_a_valid_gzip_stream(probe, broadcaster
     async with serving(make_app(probe, broadcaster, compress_response=True)) as port:
         reader = await open_stream(port, "/relay/c", headers={"Accept-Encoding": "gzip"})
         assert reader.headers["Content-Encoding"] == "gzip"
-        await wait_until(lambda: broadcaster.subscriber_count("c") == 1)
+        await wait_until(
+            lambda: broadcaster.subscriber_count("c") == 1, what="1 subscriber(s) on channel c"
+        )
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
         text = b""
         messages = [{"n": n, "text": "é" * n} for n in range(15)]
@@ -557,7 +566,9 @@ async def test_tls_connections_are_written_through_tornado(probe, broadcaster, c
             streaming_callback=received.append,
             request_timeout=10,
         )
-        await wait_until(lambda: broadcaster.subscriber_count("c") == 1)
+        await wait_until(
+            lambda: broadcaster.subscriber_count("c") == 1, what="1 subscriber(s) on channel c"
+        )
         for message in messages:
             await broadcaster.publish("c", message)
         await broadcaster.close()
@@ -578,7 +589,9 @@ async def test_head_gets_the_headers_and_no_body(port, probe, broadcaster, caplo
     assert head.status == 200
     assert head.headers["Content-Type"] == "text/event-stream"
     assert "Transfer-Encoding" not in head.headers
-    await wait_until(lambda: broadcaster.subscriber_count("c") == 1)
+    await wait_until(
+        lambda: broadcaster.subscriber_count("c") == 1, what="1 subscriber(s) on channel c"
+    )
     for n in range(5):
         await broadcaster.publish("c", {"n": n})
     await broadcaster.close()
@@ -649,7 +662,8 @@ async def test_content_length_overflow_by_a_queued_send_is_reported_as_before(po
     )
     await probe.wait_suspended()
     assert reader.headers["Content-Length"] == str(big + 10)
-    await asyncio.sleep(0.1)
+    # The client reads nothing yet: the small send stays queued behind the big one.
+    await nothing_happens_within(0.1, what="the client reading the big event")
     body = await reader.conn.read_until_close()
     assert body == format_event("x" * 300_000)
     await probe.wait_finished()
@@ -665,14 +679,21 @@ async def test_content_length_overflow_under_relay_is_the_handlers_not_the_publi
 ):
     length = await open_stream(port, "/length?cl=20&mode=relay")
     other = await open_stream(port, "/relay/length")
-    await wait_until(lambda: broadcaster.subscriber_count("length") == 2)
+    await wait_until(
+        lambda: broadcaster.subscriber_count("length") == 2,
+        what="2 subscriber(s) on channel length",
+    )
     for n in range(3):
         await broadcaster.publish("length", f"message-{n}")  # does not raise
     assert await length.conn.read_until_close() == b"data: message-0\n\n"
     received = [await other.next_event() for _ in range(3)]
     assert [e.data for e in received] == ["message-0", "message-1", "message-2"]
-    await wait_until(lambda: "raised HTTPOutputError" in probe.events)
-    await wait_until(lambda: statuses(caplog, "/length") == [500])
+    await wait_until(
+        lambda: "raised HTTPOutputError" in probe.events, what="the sender gets HTTPOutputError"
+    )
+    await wait_until(
+        lambda: statuses(caplog, "/length") == [500], what="the access log's 500 for /length"
+    )
     assert len([m for m in error_records(caplog) if m.startswith("Uncaught")]) == 1
     await broadcaster.close()
     await other.read_until_complete()
@@ -687,7 +708,9 @@ async def test_a_slow_reader_gets_every_byte_in_order_and_the_backlog_empties(
     """Writes to a client that reads slowly are cut short by the kernel: the
     remainder goes to Tornado's stream, later chunks queue behind it."""
     reader = await open_stream(port, "/relay/c?sndbuf=1", small_receive_buffer=True)
-    await wait_until(lambda: broadcaster.subscriber_count("c") == 1)
+    await wait_until(
+        lambda: broadcaster.subscriber_count("c") == 1, what="1 subscriber(s) on channel c"
+    )
     (handler,) = probe.values["handlers"]
     messages = [{"n": n, "pad": "p" * 3000} for n in range(100)]
     most_behind = 0
@@ -700,7 +723,7 @@ async def test_a_slow_reader_gets_every_byte_in_order_and_the_backlog_empties(
         await reader.read_chunk()
         await asyncio.sleep(0.002)  # a slow reader
     assert reader.body == expected
-    await wait_until(lambda: handler.buffered_bytes == 0)
+    await wait_until(lambda: handler.buffered_bytes == 0, what="the slow reader has caught up")
     assert "on_finish" not in probe.events  # paced, not dropped
     await broadcaster.close()
     await reader.read_until_complete()
@@ -717,13 +740,19 @@ async def test_a_client_too_far_behind_is_dropped_and_the_others_are_not(
 ):
     fast = [await open_stream(port, "/limited/c") for _ in range(3)]
     slow = await open_stream(port, "/limited/c?sndbuf=1", small_receive_buffer=True)
-    await wait_until(lambda: broadcaster.subscriber_count("c") == 4)
+    await wait_until(
+        lambda: broadcaster.subscriber_count("c") == 4, what="4 subscriber(s) on channel c"
+    )
     readers = [asyncio.ensure_future(reader.read_until_complete(timeout=10)) for reader in fast]
     messages = [{"n": n, "pad": "p" * 8000} for n in range(40)]
-    for message in messages:
+    for n, message in enumerate(messages):
         await broadcaster.publish("c", message)
-        await asyncio.sleep(0.002)  # the fast readers keep up
-    await wait_until(lambda: probe.count("on_finish") == 1)
+        so_far = len(sse_bytes(messages[: n + 1]))
+        await wait_until(  # the fast readers keep up
+            lambda: all(len(reader.body) >= so_far for reader in fast),  # noqa: B023
+            what=f"the fast readers receive event {n}",
+        )
+    await wait_until(lambda: probe.count("on_finish") == 1, what="1 handler(s) finished")
     assert probe.events.count("cancelled") == 1
     assert broadcaster.subscriber_count("c") == 3
     with pytest.raises(StreamClosedError):
@@ -740,7 +769,7 @@ async def test_a_client_too_far_behind_is_dropped_and_the_others_are_not(
     await broadcaster.close()
     bodies = await asyncio.gather(*readers)
     assert all(body == sse_bytes(messages) for body in bodies)
-    await wait_until(lambda: probe.count("on_finish") == 4)
+    await wait_until(lambda: probe.count("on_finish") == 4, what="4 handler(s) finished")
     await settle()
     assert sorted(statuses(caplog, "/limited/c")) == [200, 200, 200, 499]
     assert broadcaster.subscriber_count() == 0
@@ -758,7 +787,9 @@ async def test_a_client_leaving_during_a_relay_is_a_499(
     baseline = len(asyncio.all_tasks())
     path = "/relay/c?sndbuf=1" if writing else "/relay/c"
     reader = await open_stream(port, path, small_receive_buffer=writing)
-    await wait_until(lambda: broadcaster.subscriber_count("c") == 1)
+    await wait_until(
+        lambda: broadcaster.subscriber_count("c") == 1, what="1 subscriber(s) on channel c"
+    )
     await broadcaster.publish("c", "hello")
     assert (await reader.next_event()).data == "hello"
     if writing:
@@ -772,7 +803,9 @@ async def test_a_client_leaving_during_a_relay_is_a_499(
     assert statuses(caplog, "/relay/c") == [499]
     assert error_records(caplog) == []
     await broadcaster.publish("c", "nobody is listening")  # nothing left to write to
-    await wait_until(lambda: len(asyncio.all_tasks()) <= baseline)
+    await wait_until(
+        lambda: len(asyncio.all_tasks()) <= baseline, what="the tasks back to the baseline"
+    )
 
 
 @HOW
@@ -780,7 +813,9 @@ async def test_an_uncancellable_relay_raises_stream_closed_when_the_client_leave
     port, probe, broadcaster, caplog, how
 ):
     reader = await open_stream(port, "/uncancellable/c")
-    await wait_until(lambda: broadcaster.subscriber_count("c") == 1)
+    await wait_until(
+        lambda: broadcaster.subscriber_count("c") == 1, what="1 subscriber(s) on channel c"
+    )
     await broadcaster.publish("c", "hello")
     await reader.next_event()
     reader.close(how)
@@ -807,20 +842,27 @@ async def test_a_relay_finds_a_peer_that_vanished_unnoticed(
     path = "/beating/c" if found_by == "heartbeat" else "/relay/c"
     conn = await RawHTTPConnection.open(port)
     await conn.send_raw(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\nX".encode())
-    await wait_until(lambda: broadcaster.subscriber_count("c") == 1)
-    await asyncio.sleep(0.05)
+    await wait_until(
+        lambda: broadcaster.subscriber_count("c") == 1, what="1 subscriber(s) on channel c"
+    )
     conn.close("fin")
-    await asyncio.sleep(0.05)
+    await nothing_happens_within(0.05, what="the server noticing the close by itself")
     if found_by == "heartbeat":
         await probe.wait_finished(timeout=3)
     else:
         assert "on_finish" not in probe.events  # not noticed by the close itself
-        for n in range(50):
-            await broadcaster.publish("c", {"n": n})
-            if probe.finished.is_set():
-                break
-            await asyncio.sleep(0.02)
-        await probe.wait_finished(timeout=1)
+        sent = iter(range(100))
+
+        async def publish_and_look() -> bool:
+            await broadcaster.publish("c", {"n": next(sent)})
+            return probe.finished.is_set()
+
+        await wait_until(
+            publish_and_look,
+            what="a published message finds the peer gone",
+            timeout=2,
+            interval=0.02,
+        )
     await settle()
     assert probe.events == ["cancelled", "finally", "on_finish"]
     assert broadcaster.subscriber_count() == 0
@@ -837,11 +879,13 @@ async def test_relay_returns_once_everything_before_the_end_is_flushed(
     port, probe, broadcaster, caplog
 ):
     reader = await open_stream(port, "/relay/c?sndbuf=1", small_receive_buffer=True)
-    await wait_until(lambda: broadcaster.subscriber_count("c") == 1)
+    await wait_until(
+        lambda: broadcaster.subscriber_count("c") == 1, what="1 subscriber(s) on channel c"
+    )
     await broadcaster.publish("c", "x" * 200_000)
     await broadcaster.publish("c", "after")
     await broadcaster.close()
-    await asyncio.sleep(0.2)
+    await nothing_happens_within(0.2, what="the relay returning before the client reads")
     assert "returned" not in probe.events  # the client has not read it yet
     assert probe.values["handlers"][0].buffered_bytes > 0
     body = await reader.read_until_complete()
@@ -887,7 +931,7 @@ async def test_an_unencodable_message_fails_the_relays_not_the_publisher(
 ):
     relays = [await open_stream(port, "/relay/c") for _ in range(2)]
     elsewhere = await open_stream(port, "/relay/d")
-    await wait_until(lambda: broadcaster.subscriber_count() == 3)
+    await wait_until(lambda: broadcaster.subscriber_count() == 3, what="3 subscriber(s) in all")
     await broadcaster.publish("c", "before")
     await broadcaster.publish("c", message)  # the publisher is not affected
     for reader in relays:
@@ -897,7 +941,7 @@ async def test_an_unencodable_message_fails_the_relays_not_the_publisher(
         with pytest.raises((StreamClosedError, EOFError)):
             await reader.read_until_complete()
         assert not reader.complete
-    await wait_until(lambda: probe.count("on_finish") == 2)
+    await wait_until(lambda: probe.count("on_finish") == 2, what="2 handler(s) finished")
     assert probe.events.count(f"raised {error}") == 2
     assert broadcaster.subscriber_count("c") == 0
     # Other channels keep working.
@@ -919,7 +963,9 @@ async def test_heartbeats_interleave_with_relayed_events_without_overlapping(
     port, broadcaster, caplog
 ):
     reader = await open_stream(port, "/beating/c")
-    await wait_until(lambda: broadcaster.subscriber_count("c") == 1)
+    await wait_until(
+        lambda: broadcaster.subscriber_count("c") == 1, what="1 subscriber(s) on channel c"
+    )
     messages = [{"n": n, "pad": "p" * (n * 50)} for n in range(30)]
     for n, message in enumerate(messages):
         await broadcaster.publish("c", message)
@@ -943,8 +989,11 @@ async def test_a_heartbeat_due_while_the_headers_are_being_flushed_waits_its_tur
     heartbeat falls due: the heartbeat queues behind it, and the relay, which
     waits for that first write, carries on."""
     reader = await open_stream(port, "/padded/c?sndbuf=1", small_receive_buffer=True)
-    await asyncio.sleep(0.2)  # heartbeats fall due; the client reads nothing
-    await wait_until(lambda: broadcaster.subscriber_count("c") == 1)
+    # Heartbeats fall due while the first write is pending; the client reads nothing.
+    await nothing_happens_within(0.2, what="the client reading")
+    await wait_until(
+        lambda: broadcaster.subscriber_count("c") == 1, what="1 subscriber(s) on channel c"
+    )
     await broadcaster.publish("c", "event")
     await broadcaster.close()
     body = await reader.read_until_complete()
