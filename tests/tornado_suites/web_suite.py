@@ -10,7 +10,7 @@ its own strictness (warnings are errors; any unexpected log line fails the run).
 
 Usage::
 
-    python tests/tornado_suites/web_suite.py      # prints both summaries; exits non-zero on a failure
+    python tests/tornado_suites/web_suite.py  # prints both summaries; non-zero on a failure
 
 Not collected by pytest (its name does not start with ``test_``): ``.ci/run`` runs
 it on its own, and each run is a subprocess, so the rebinding never leaks into the
