@@ -43,7 +43,7 @@ def test_plugin_fixtures_have_docstrings(tmp_path: Path):
 
 def test_suite_fixtures_have_docstrings():
     root = Path(__file__).resolve().parents[2]
-    listing = fixture_listing(root, "tests/test_conventions.py")
+    listing = fixture_listing(root, "tests/package/test_conventions.py")
     for name in SUITE_FIXTURES:
         assert documented(listing, name), f"{name} is not documented"
 
