@@ -18,13 +18,13 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 from tests.servers import component_missing, free_port
+from tests.support import wait_until_sync
 
 READY = "database system is ready to accept connections"
 
@@ -91,11 +91,16 @@ def postgres_server() -> Iterator[str]:
             cwd=root,
         )
     try:
-        deadline = time.monotonic() + 60
-        while READY not in log_path.read_text(errors="replace"):
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"PostgreSQL did not start:\n{log_path.read_text()}")
-            time.sleep(0.05)
+
+        def ready() -> bool:
+            if server.poll() is not None:
+                raise RuntimeError(f"PostgreSQL exited:\n{log_path.read_text()}")
+            return READY in log_path.read_text(errors="replace")
+
+        try:
+            wait_until_sync(ready, what="PostgreSQL ready", timeout=60, interval=0.05)
+        except AssertionError as error:
+            raise RuntimeError(f"{error}:\n{log_path.read_text()}") from None
         yield f"postgresql://test@127.0.0.1:{port}/postgres"
     finally:
         server.send_signal(signal.SIGINT)  # fast shutdown

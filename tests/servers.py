@@ -26,13 +26,14 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 from types import TracebackType
 from typing import Callable, NoReturn, Optional
 
 import pytest
+
+from tests.support import wait_until_sync
 
 __all__ = [
     "Chromium",
@@ -70,16 +71,21 @@ def free_port() -> int:
 
 
 def _wait_for_port(port: int, process: subprocess.Popen[bytes], what: str, log: Path) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"{what} exited with {process.returncode}: {_tail(log)}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
         except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{what} did not listen on port {port}: {_tail(log)}")
+            return False
+        return True
+
+    try:
+        wait_until_sync(
+            listening, what=f"{what} listening on port {port}", timeout=15, interval=0.05
+        )
+    except AssertionError as error:
+        raise RuntimeError(f"{error}: {_tail(log)}") from None
 
 
 def _tail(path: Path) -> str:
@@ -318,17 +324,17 @@ class Chromium(_Process):
 
     def page_websocket_url(self) -> str:
         """The DevTools WebSocket of the first page target."""
-        deadline = time.monotonic() + 15
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        while True:
+        pages: list[dict[str, str]] = []
+
+        def has_a_page() -> bool:
             with opener.open(f"http://127.0.0.1:{self.port}/json/list", timeout=5) as reply:
                 targets = json.loads(reply.read())
-            pages = [t for t in targets if t.get("type") == "page"]
-            if pages:
-                return str(pages[0]["webSocketDebuggerUrl"])
-            if time.monotonic() > deadline:
-                raise RuntimeError("chromium has no page target")
-            time.sleep(0.1)
+            pages[:] = [t for t in targets if t.get("type") == "page"]
+            return bool(pages)
+
+        wait_until_sync(has_a_page, what="a chromium page target", timeout=15, interval=0.1)
+        return str(pages[0]["webSocketDebuggerUrl"])
 
     def stop(self) -> None:
         process = self.process
@@ -338,15 +344,15 @@ class Chromium(_Process):
             # to the profile after the browser process exited; end the group.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while True:
+
+        def removed() -> bool:
             try:
                 self._profile.cleanup()
-                return
             except OSError:  # a helper wrote a last file while the tree was removed
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+                return False
+            return True
+
+        wait_until_sync(removed, what="the chromium profile removed", timeout=10, interval=0.1)
 
     def __enter__(self) -> Chromium:
         return self.start()

@@ -16,19 +16,20 @@ import pytest
 
 from tests.proc_support import ROOT, request
 from tests.servers import free_port
+from tests.support import wait_until_sync
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 
 
 def wait_for(path: Path, pattern: str, count: int, proc: subprocess.Popen[bytes]) -> list[str]:
-    deadline = time.monotonic() + 15
-    while True:
-        found = re.findall(pattern, path.read_text(errors="replace"))
-        if len(found) >= count:
-            return found
+    """Wait until ``pattern`` is in the log ``count`` times (the process still running)."""
+
+    def logged() -> bool:
         assert proc.poll() is None, path.read_text()
-        assert time.monotonic() < deadline, path.read_text()
-        time.sleep(0.02)
+        return len(re.findall(pattern, path.read_text(errors="replace"))) >= count
+
+    wait_until_sync(logged, what=f"{pattern!r} x{count} in {path.name}", timeout=15)
+    return re.findall(pattern, path.read_text(errors="replace"))
 
 
 def test_demo_runs_several_workers_and_shuts_down_gracefully(tmp_path: Path):

@@ -38,7 +38,7 @@ import tornado.web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support import messages
+from tests.support import messages, wait_until, wait_until_sync
 from tornado_jsonservlet import (
     CorsMixin,
     JsonErrorMixin,
@@ -132,6 +132,12 @@ class LoopWatch:
                 last_wall, last_cpu, last_gc = wall, cpu, collected
         finally:
             gc.callbacks.remove(self._on_gc)
+
+
+async def loop_ticked(watch: LoopWatch) -> None:
+    """Let the watch see the loop tick twice more (what came after the response)."""
+    ticks = watch.ticks
+    await wait_until(lambda: watch.ticks >= ticks + 2, what="the loop watch ticking")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -427,7 +433,7 @@ class TestLinearTime:
             other = await http_client.fetch(base_url + "/api/ping")
             waited = time.perf_counter() - started
             response = await hostile
-            await asyncio.sleep(0.005)
+            await loop_ticked(watch)
             await watch.stop()
             assert other.code == 200
             assert_json_error(response, 404, "UNRECOGNIZED")
@@ -489,7 +495,7 @@ class TestLinearTime:
         watch = LoopWatch()
         watch.start()
         response = await raw_request(port, "POST", "/api/echo", headers, b'{"v": 1}')
-        await asyncio.sleep(0.005)
+        await loop_ticked(watch)
         await watch.stop()
         assert response.status < 500
         assert watch.max_cpu < MAX_BLOCK, f"loop blocked for {watch.max_cpu * 1000:.1f} ms"
@@ -1268,11 +1274,11 @@ class ThreadedServer:
     watch: LoopWatch
 
     def settle(self) -> None:
-        """Wait until the loop has ticked after the last request (bounded)."""
+        """Wait until the loop has ticked after the last request."""
         ticks = self.watch.ticks
-        deadline = time.monotonic() + 2
-        while self.watch.ticks < ticks + 2 and time.monotonic() < deadline:
-            time.sleep(0.001)
+        wait_until_sync(
+            lambda: self.watch.ticks >= ticks + 2, what="the server's loop ticking", interval=0.001
+        )
 
 
 @pytest.fixture(scope="module")

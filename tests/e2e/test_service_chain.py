@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.chain_hop import Hop, start_chain
+from tests.support import nothing_happens_within_sync
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def test_client_leaving_a_cancels_every_hop(chain, how):
         found = hop.wait_for_line(rf"{hop.name} cancelled {ident} at ([\d.]+)", start=mark)
         cancelled_at[hop.name] = float(found.group(1))
         hop.wait_for_line(rf"tornado.access: 499 GET /work\?delay=30&id={ident} ", start=mark)
-    time.sleep(0.2)  # anything logged late would show by now
+    nothing_happens_within_sync(0.2, what="anything logged late")
     for hop, mark in zip(chain, marks):
         lines = hop.lines[mark:]
         assert problems(lines) == [], hop.name
@@ -130,7 +131,7 @@ def test_deadline_on_a_stops_b_and_c_when_it_passes():
         for hop in (b, c):
             # Its own deadline (from the header) or its caller's abort, whichever was first.
             hop.wait_for_line(r"tornado.access: (504|499) GET /work\?delay=30&id=deadline ")
-        time.sleep(0.2)
+        nothing_happens_within_sync(0.2, what="anything logged late")
         for hop in hops:
             assert problems(hop.lines) == [], (hop.name, hop.lines)
             assert not [line for line in hop.lines if "completed" in line], hop.name
