@@ -217,3 +217,25 @@ def test_scope_names_are_out_of_the_users_way() -> None:
     assert not any(hasattr(Everything, name) for name in USER_NAMES), [
         name for name in USER_NAMES if hasattr(Everything, name)
     ]
+
+
+def test_toolkit_classes_take_no_private_name_an_application_could_pick() -> None:
+    """Beyond attributes: every private method or attribute the toolkit's handler
+    classes define is prefixed, or overrides one of Tornado's own (through the adapter)."""
+    import tornado_jsonservlet
+    from tornado_jsonservlet import EventStreamServlet, HtmlServlet, JsonServlet
+
+    tornado_names = set(dir(tornado.web.RequestHandler))
+    offenders = []
+    for cls in (Everything, JsonServlet, HtmlServlet, EventStreamServlet):
+        for klass in cls.__mro__:
+            if not klass.__module__.startswith(tornado_jsonservlet.__name__):
+                continue
+            for name in vars(klass):
+                private = name.startswith("_") and not name.startswith("__")
+                if not private or name.startswith("_jsonservlet_") or name in tornado_names:
+                    continue
+                if name == SCOPE_ATTRIBUTE or name.startswith("_tornado_jsonservlet"):
+                    continue
+                offenders.append(f"{klass.__qualname__}.{name}")
+    assert not offenders, sorted(set(offenders))

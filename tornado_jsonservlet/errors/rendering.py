@@ -87,7 +87,7 @@ _Handler = TypeVar("_Handler", bound="ErrorRenderingMixin")
 _Exc = TypeVar("_Exc", bound=BaseException)
 
 _INTERNAL_MESSAGE = "Internal server error"
-_HANDLERS_ATTR = "_own_error_handlers"
+_HANDLERS_ATTR = "_jsonservlet_error_handlers"
 
 
 def _internal_detail(exc: BaseException) -> str:
@@ -301,17 +301,17 @@ class ErrorRenderingMixin(tornado.web.RequestHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc: Optional[BaseException] = kwargs["exc_info"][1] if "exc_info" in kwargs else None
-        error, expected = self._resolve_error(status_code, exc)
+        error, expected = self._jsonservlet_resolve_error(status_code, exc)
         scope = scope_of(self)
         pending, scope.pending_log = scope.pending_log, None
         if exc is not None and pending is exc:
-            self._log_outcome(exc, error, expected)
+            self._jsonservlet_log_outcome(exc, error, expected)
         if error is not None:
-            self._write_error_response(error, exc)
+            self._jsonservlet_write_error_response(error, exc)
 
     # -- machinery -------------------------------------------------------------
 
-    def _resolve_error(
+    def _jsonservlet_resolve_error(
         self, status_code: int, exc: Optional[BaseException]
     ) -> tuple[Optional[ServletError], Optional[bool]]:
         """``(error to render, or None if a handler wrote the response; expected?)``.
@@ -325,26 +325,26 @@ class ErrorRenderingMixin(tornado.web.RequestHandler):
             ), True
         handler = self.find_error_handler(exc)
         if handler is None:
-            return self._internal_error(exc), False
+            return self._jsonservlet_internal_error(exc), False
         try:
             result: object = handler(self, exc)
         except Exception:
             app_log.error("Error handler %r failed while handling %r", handler, exc, exc_info=True)
-            return self._internal_error(exc), None
+            return self._jsonservlet_internal_error(exc), None
         if result is None:
             return None, True
         if isinstance(result, tornado.web.HTTPError):
             return _builtin_error(result), True
         app_log.error("Error handler %r returned %r, not an HTTPError or None", handler, result)
-        return self._internal_error(exc), None
+        return self._jsonservlet_internal_error(exc), None
 
-    def _internal_error(self, exc: BaseException) -> ServletError:
+    def _jsonservlet_internal_error(self, exc: BaseException) -> ServletError:
         fields: dict[str, Any] = {}
         if self.settings.get("serve_traceback"):
             fields["traceback"] = traceback.format_exception(type(exc), exc, exc.__traceback__)
         return ServletError(500, _INTERNAL_MESSAGE, "UNKNOWN", **fields)
 
-    def _log_outcome(
+    def _jsonservlet_log_outcome(
         self, exc: BaseException, error: Optional[ServletError], expected: Optional[bool]
     ) -> None:
         """Log an exception that an error handler turned into ``error``."""
@@ -361,7 +361,9 @@ class ErrorRenderingMixin(tornado.web.RequestHandler):
         else:
             _log_http_error(self, error, exc)
 
-    def _write_error_response(self, error: ServletError, exc: Optional[BaseException]) -> None:
+    def _jsonservlet_write_error_response(
+        self, error: ServletError, exc: Optional[BaseException]
+    ) -> None:
         try:
             # ServletError checks its headers when it is created; this catches ones
             # changed afterwards. A response is never sent without a header it
@@ -369,7 +371,7 @@ class ErrorRenderingMixin(tornado.web.RequestHandler):
             headers = [(name, check_header(name, value)) for name, value in error.headers.items()]
         except ValueError as problem:
             app_log.error("Cannot send the %d response: %s", error.code, problem)
-            error, headers = self._internal_error(exc or error), []
+            error, headers = self._jsonservlet_internal_error(exc or error), []
         reason = error.reason if _valid_reason(error.reason) else reason_phrase(error.code)
         self.set_status(error.code, reason)
         for name, value in headers:

@@ -168,18 +168,18 @@ class JsonResponseMixin(tornado.web.RequestHandler):
         if found is not None:
             size, per_item = _estimated_size(found[1], canonical)
             if self.request.method == "HEAD":
-                return self._write_head(status, size)
+                return self._jsonservlet_write_head(status, size)
             if size > self.json_slice_threshold:
-                return self._write_sliced(obj, found, per_item, status, canonical)
+                return self._jsonservlet_write_sliced(obj, found, per_item, status, canonical)
         elif self.request.method == "HEAD":
-            return self._write_head(status, None)
+            return self._jsonservlet_write_head(status, None)
         body = encode(obj, canonical=canonical)
         # A small response is interactive work: big ones in flight make room for it.
         lane_for_running_loop().note_interactive()
-        self._start_json(status)
+        self._jsonservlet_start_json(status)
         return self.finish(body)
 
-    async def _write_sliced(
+    async def _jsonservlet_write_sliced(
         self,
         obj: Any,
         found: tuple[Optional[str], list[Any]],
@@ -188,10 +188,10 @@ class JsonResponseMixin(tornado.web.RequestHandler):
         canonical: bool,
     ) -> None:
         chunks = await encode_in_slices(obj, found, per_item, canonical=canonical)
-        self._start_json(status)
-        await self._send_chunks(chunks)
+        self._jsonservlet_start_json(status)
+        await self._jsonservlet_send_chunks(chunks)
 
-    async def _write_head(self, status: int, estimated_size: Optional[int]) -> None:
+    async def _jsonservlet_write_head(self, status: int, estimated_size: Optional[int]) -> None:
         """GET's status and headers, no body, nothing encoded.
 
         The headers are written before ``finish()``, which would otherwise add a
@@ -200,7 +200,7 @@ class JsonResponseMixin(tornado.web.RequestHandler):
         compressed (``estimated_size`` comes from the same sample GET uses), and a
         final empty one otherwise, so ``compress_response`` decides as for GET.
         """
-        self._start_json(status)
+        self._jsonservlet_start_json(status)
         self.clear_header("Content-Length")
         like_get_body = estimated_size is not None and (
             estimated_size > self.json_slice_threshold or estimated_size >= _GZIP_MIN_LENGTH
@@ -213,12 +213,12 @@ class JsonResponseMixin(tornado.web.RequestHandler):
             return None
         return super().compute_etag()
 
-    def _start_json(self, status: int) -> None:
+    def _jsonservlet_start_json(self, status: int) -> None:
         scope_of(self).json_response = True
         self.set_status(status)
         self.set_header("Content-Type", JSON_CONTENT_TYPE)
 
-    async def _send_chunks(self, chunks: list[bytes]) -> None:
+    async def _jsonservlet_send_chunks(self, chunks: list[bytes]) -> None:
         self.set_header("Content-Length", sum(len(chunk) for chunk in chunks))
         if self.request.method == "HEAD":
             self.finish()
@@ -302,7 +302,7 @@ class JsonBodyMixin(tornado.web.RequestHandler):
                     header="Content-Length",
                 ) from None
             if size > self.json_body_limit:
-                raise self._too_large()
+                raise self._jsonservlet_too_large()
         return super().prepare()
 
     def data_received(self, chunk: bytes) -> None:
@@ -312,7 +312,7 @@ class JsonBodyMixin(tornado.web.RequestHandler):
         body.received += len(chunk)
         if body.received > self.json_body_limit:
             body.chunks = None
-            error = self._too_large()
+            error = self._jsonservlet_too_large()
             self.send_error(error.code, exc_info=(type(error), error, None))
             return
         if body.chunks is None:
@@ -347,21 +347,21 @@ class JsonBodyMixin(tornado.web.RequestHandler):
         """
         state = _body_state(self)
         if not state.decoded:
-            state.value = self._decode_body(required, object_required)
+            state.value = self._jsonservlet_decode_body(required, object_required)
             state.decoded = True
         return state.value
 
-    def _body_bytes(self) -> bytes:
+    def _jsonservlet_body_bytes(self) -> bytes:
         chunks = _body_state(self).chunks
         if chunks is not None:
             return b"".join(chunks)
         body = self.request.body
         return body if isinstance(body, bytes) else b""
 
-    def _decode_body(self, required: bool, object_required: bool) -> Any:
-        body = self._body_bytes()
+    def _jsonservlet_decode_body(self, required: bool, object_required: bool) -> Any:
+        body = self._jsonservlet_body_bytes()
         if len(body) > self.json_body_limit:
-            raise self._too_large()
+            raise self._jsonservlet_too_large()
         if not body.strip():
             if required:
                 raise BadRequest("Request body must be a JSON document", "NOT_JSON")
@@ -379,7 +379,7 @@ class JsonBodyMixin(tornado.web.RequestHandler):
             raise BadRequest("Request body must be a JSON object", "BAD_JSON")
         return value
 
-    def _too_large(self) -> ServletError:
+    def _jsonservlet_too_large(self) -> ServletError:
         return PayloadTooLarge(
             f"Request body is larger than {self.json_body_limit} bytes", limit=self.json_body_limit
         )

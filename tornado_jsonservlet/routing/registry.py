@@ -518,7 +518,7 @@ class _UnrecognizedServlet(JsonServlet):
 
     servlet_name = "unrecognized"
 
-    async def _dispatch(self, method: str, raw_params: Any) -> None:
+    async def _jsonservlet_dispatch(self, method: str, raw_params: Any) -> None:
         raise NotFound("Unrecognized request", "UNRECOGNIZED")
 
     async def options(self, *args: str, **kwargs: str) -> None:
@@ -611,7 +611,7 @@ class ServletRegistry:
             namespace: dict[str, Any] = {
                 "servlet_name": servlet_name,
                 "__doc__": fn.__doc__,
-                "_from_route": True,
+                "_jsonservlet_from_route": True,
             }
             for method in wanted:
                 namespace[f"on_{method}"] = _route_method(fn)
@@ -631,7 +631,7 @@ class ServletRegistry:
         except (ValueError, re.error):
             return False  # register() reports it with the servlet's name
         endpoint = next((e for e in self._endpoints if e.compiled.key == regex), None)
-        if endpoint is None or not getattr(endpoint.servlet, "_from_route", False):
+        if endpoint is None or not getattr(endpoint.servlet, "_jsonservlet_from_route", False):
             return False
         if name is not None and name != endpoint.name:
             raise ValueError(f"route {template!r} is already named {endpoint.name!r}")

@@ -149,22 +149,22 @@ class _ServletBase(
         return getattr(type(self), f"on_{'GET' if method == 'HEAD' else method}", None)
 
     async def get(self, *args: str, **kwargs: str) -> None:
-        await self._dispatch("GET", kwargs)
+        await self._jsonservlet_dispatch("GET", kwargs)
 
     async def head(self, *args: str, **kwargs: str) -> None:
-        await self._dispatch("GET", kwargs)
+        await self._jsonservlet_dispatch("GET", kwargs)
 
     async def post(self, *args: str, **kwargs: str) -> None:
-        await self._dispatch("POST", kwargs)
+        await self._jsonservlet_dispatch("POST", kwargs)
 
     async def put(self, *args: str, **kwargs: str) -> None:
-        await self._dispatch("PUT", kwargs)
+        await self._jsonservlet_dispatch("PUT", kwargs)
 
     async def patch(self, *args: str, **kwargs: str) -> None:
-        await self._dispatch("PATCH", kwargs)
+        await self._jsonservlet_dispatch("PATCH", kwargs)
 
     async def delete(self, *args: str, **kwargs: str) -> None:
-        await self._dispatch("DELETE", kwargs)
+        await self._jsonservlet_dispatch("DELETE", kwargs)
 
     async def options(self, *args: str, **kwargs: str) -> None:
         self.set_header("Allow", ", ".join(self.allowed_methods))
@@ -172,8 +172,8 @@ class _ServletBase(
         self.set_status(204)
         self.finish()
 
-    async def _dispatch(self, method: str, raw_params: Mapping[str, str]) -> None:
-        self._complete_body()
+    async def _jsonservlet_dispatch(self, method: str, raw_params: Mapping[str, str]) -> None:
+        self._jsonservlet_complete_body()
         state: _ServletState = scope_of(self).servlet
         if state.xsrf_check_due:
             state.xsrf_check_due = False
@@ -181,7 +181,7 @@ class _ServletBase(
         target = getattr(self, f"on_{method}", None)
         if target is None:
             raise MethodNotAllowed(self.allowed_methods)
-        params = self._convert_params(raw_params)
+        params = self._jsonservlet_convert_params(raw_params)
         result = target(**params)
         if inspect.isawaitable(result):
             result = await result
@@ -202,7 +202,7 @@ class _ServletBase(
             return
         await self.send_body(status, body)
 
-    def _convert_params(self, raw_params: Mapping[str, str]) -> dict[str, Any]:
+    def _jsonservlet_convert_params(self, raw_params: Mapping[str, str]) -> dict[str, Any]:
         path = self.request.path
         if not _PRINTABLE_ASCII.fullmatch(path):
             # Tornado reads the request line as Latin-1 and re-encodes it as UTF-8
@@ -253,10 +253,10 @@ class _ServletBase(
         except tornado.web.HTTPError:
             raise Forbidden("XSRF token does not match the _xsrf cookie", "XSRF_MISMATCH") from None
 
-    def _complete_body(self) -> None:
+    def _jsonservlet_complete_body(self) -> None:
         """Make the streamed body look like a normal one to code that reads it."""
         scope_of(self).servlet.body_complete = True
-        body = self._body_bytes()
+        body = self._jsonservlet_body_bytes()
         self.request.body = body
         content_type = self.request.headers.get("Content-Type", "")
         media = parse_media_type(content_type)

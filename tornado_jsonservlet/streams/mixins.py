@@ -199,18 +199,18 @@ class StreamingResponseMixin(CancelOnDisconnectMixin):
         :raises StreamClosedError: the client has gone and this request is not
             cancelled on disconnect (a cancellable one is cancelled instead).
         """
-        if not self._connected():
-            await self._stop_producer()
-        flushed = self._send_now(data)
+        if not self._jsonservlet_connected():
+            await self._jsonservlet_stop_producer()
+        flushed = self._jsonservlet_send_now(data)
         if _stream_state(self).dropping:
-            await self._wait_until_dropped()
+            await self._jsonservlet_wait_until_dropped()
         if flushed is not None:
             # Shielded: the future is shared by everything queued with this data.
             await asyncio.shield(flushed)
-        if not self._connected():
+        if not self._jsonservlet_connected():
             # The flush found the connection closed; it was recorded as a
             # disconnect. A cancellable request is cancelled at this await.
-            await self._stop_producer()
+            await self._jsonservlet_stop_producer()
         now = asyncio.get_running_loop().time()
         if now - _stream_state(self).yielded_at >= _MAX_RUN_SECONDS:
             await asyncio.sleep(0)
@@ -218,7 +218,7 @@ class StreamingResponseMixin(CancelOnDisconnectMixin):
 
     # -- machinery -------------------------------------------------------------
 
-    def _send_now(self, data: bytes) -> Optional[asyncio.Future[None]]:
+    def _jsonservlet_send_now(self, data: bytes) -> Optional[asyncio.Future[None]]:
         """Hand ``data`` to the connection after everything sent before.
 
         Returns ``None`` when the kernel took it at once, else a future resolved
@@ -228,15 +228,15 @@ class StreamingResponseMixin(CancelOnDisconnectMixin):
         """
         writer = _stream_state(self).writer
         if writer is None:
-            writer = _stream_state(self).writer = OrderedWriter(self._write_chunk)
+            writer = _stream_state(self).writer = OrderedWriter(self._jsonservlet_write_chunk)
         behind = writer.buffered
         if behind and behind + len(data) > self.max_buffered_bytes:
-            self._close_slow_client(behind + len(data))
+            self._jsonservlet_close_slow_client(behind + len(data))
             return None
         _stream_state(self).last_sent = asyncio.get_running_loop().time()
         return writer.send(data)
 
-    def _write_chunk(self, data: bytes) -> Optional[asyncio.Future[None]]:
+    def _jsonservlet_write_chunk(self, data: bytes) -> Optional[asyncio.Future[None]]:
         """The one place a stream's bytes reach Tornado (called by the writer).
 
         The first chunk goes out with the headers through ``flush()``. After that,
@@ -265,20 +265,20 @@ class StreamingResponseMixin(CancelOnDisconnectMixin):
                 if sent == len(framed):
                     return None
                 return self._jsonservlet_quiet(stream.write(framed[sent:]))
-            return self._write_through_connection(data)
+            return self._jsonservlet_write_through_connection(data)
         first = not _stream_state(self).stream_started
         if first:
             _stream_state(self).stream_started = True
             self.set_stream_headers()
-            self._disable_nagle()
-            self._stream_opened()
+            self._jsonservlet_disable_nagle()
+            self._jsonservlet_stream_opened()
         self.write(data)
         flushed = self.flush()
         if first:
-            self._choose_direct_writes()
+            self._jsonservlet_choose_direct_writes()
         return flushed
 
-    def _write_through_connection(self, data: bytes) -> asyncio.Future[None]:
+    def _jsonservlet_write_through_connection(self, data: bytes) -> asyncio.Future[None]:
         connection = self.request.connection
         assert connection is not None
         try:
@@ -290,7 +290,7 @@ class StreamingResponseMixin(CancelOnDisconnectMixin):
             raise
         return self._jsonservlet_quiet(written)
 
-    def _choose_direct_writes(self) -> None:
+    def _jsonservlet_choose_direct_writes(self) -> None:
         # Decided once the headers are out: only then is the framing known.
         if tornado_internals.transforms_of(self) != [] or self.request.method == "HEAD":
             return  # every chunk must go through flush()
@@ -300,28 +300,28 @@ class StreamingResponseMixin(CancelOnDisconnectMixin):
         if type(stream) is IOStream and chunked and not stream.closed():
             _stream_state(self).direct_stream = stream
 
-    def _stream_opened(self) -> None:
+    def _jsonservlet_stream_opened(self) -> None:
         """Called once, just before the headers are flushed."""
 
-    def _connected(self) -> bool:
+    def _jsonservlet_connected(self) -> bool:
         # A method, not the property: the answer changes across awaits.
         return not self.client_disconnected
 
-    def _disable_nagle(self) -> None:
+    def _jsonservlet_disable_nagle(self) -> None:
         # Events are small and latency matters; Tornado only sets TCP_NODELAY
         # when a response finishes.
         stream = getattr(self.request.connection, "stream", None)
         if stream is not None and not stream.closed():
             stream.set_nodelay(True)
 
-    async def _stop_producer(self) -> NoReturn:
+    async def _jsonservlet_stop_producer(self) -> NoReturn:
         # Give the disconnect machinery its chance to cancel this task (the
         # cancellation lands at this await); where cancellation is opted out, end
         # the producer with an exception that is never logged.
         await asyncio.sleep(0)
         raise StreamClosedError(real_error=None)
 
-    def _close_slow_client(self, behind: int) -> None:
+    def _jsonservlet_close_slow_client(self, behind: int) -> None:
         if _stream_state(self).dropping:
             return
         _stream_state(self).dropping = True
@@ -337,7 +337,7 @@ class StreamingResponseMixin(CancelOnDisconnectMixin):
             # callback and the failed writes: a disconnect like any other.
             stream.close()
 
-    async def _wait_until_dropped(self) -> NoReturn:
+    async def _jsonservlet_wait_until_dropped(self) -> NoReturn:
         # Wait for the disconnect machinery to notice (and cancel this task, where
         # it is cancellable). asyncio.wait, unlike wait_for on Python < 3.12,
         # never swallows a cancellation that arrives together with the result.
@@ -346,7 +346,7 @@ class StreamingResponseMixin(CancelOnDisconnectMixin):
             await asyncio.wait({gone}, timeout=_DROP_NOTICE_SECONDS)
         finally:
             gone.cancel()
-        await self._stop_producer()
+        await self._jsonservlet_stop_producer()
 
 
 class EventStreamMixin(StreamingResponseMixin):
@@ -464,13 +464,13 @@ class EventStreamMixin(StreamingResponseMixin):
             # failure, raised by relay_events, never the publisher's (an encoder
             # may raise anything, an application-set Content-Length makes the
             # write raise), and the other subscribers still get the message.
-            if failures or _stream_state(self).dropping or not self._connected():
+            if failures or _stream_state(self).dropping or not self._jsonservlet_connected():
                 return
             try:
                 data = memo.get(encode_key)
                 if data is None:
                     data = memo[encode_key] = _event_bytes(message, event)
-                self._send_now(data)
+                self._jsonservlet_send_now(data)
             except Exception as error:
                 failures.append(error)
                 messages._wake()
@@ -480,19 +480,19 @@ class EventStreamMixin(StreamingResponseMixin):
         # connection _send_now closed (that close is a disconnect too).
         self.add_disconnect_callback(messages._wake)
         try:
-            while messages.ended is None and not failures and self._connected():
+            while messages.ended is None and not failures and self._jsonservlet_connected():
                 await messages._until_woken()
         finally:
             messages._receive_with(None)
         if failures:
             raise failures[0]
         if _stream_state(self).dropping:
-            await self._wait_until_dropped()
+            await self._jsonservlet_wait_until_dropped()
         writer = _stream_state(self).writer
-        if self._connected() and writer is not None:
+        if self._jsonservlet_connected() and writer is not None:
             await writer.drained()
-        if not self._connected():
-            await self._stop_producer()
+        if not self._jsonservlet_connected():
+            await self._jsonservlet_stop_producer()
         return messages.ended
 
     async def send_comment(self, text: str = "") -> None:
@@ -506,13 +506,13 @@ class EventStreamMixin(StreamingResponseMixin):
 
     # -- heartbeat -------------------------------------------------------------
 
-    def _stream_opened(self) -> None:
-        super()._stream_opened()
+    def _jsonservlet_stream_opened(self) -> None:
+        super()._jsonservlet_stream_opened()
         _stream_state(self).last_sent = asyncio.get_running_loop().time()
         if self.heartbeat_interval is not None:
-            self.call_later(self.heartbeat_interval, self._heartbeat_due)
+            self.call_later(self.heartbeat_interval, self._jsonservlet_heartbeat_due)
 
-    def _heartbeat_due(self) -> None:
+    def _jsonservlet_heartbeat_due(self) -> None:
         """Timer callback: send a heartbeat if nothing was sent for a whole interval.
 
         The timer belongs to the request (``call_later``), so it stops when the
@@ -525,13 +525,13 @@ class EventStreamMixin(StreamingResponseMixin):
         idle = asyncio.get_running_loop().time() - _stream_state(self).last_sent
         # (timers may fire a clock tick early, hence the tolerance)
         if idle >= interval * 0.99 and self.buffered_bytes == 0:
-            self.spawn(self._send_heartbeat())
+            self.spawn(self._jsonservlet_send_heartbeat())
             delay = interval
         else:
             delay = max(interval - idle, interval / 10)
-        self.call_later(delay, self._heartbeat_due)
+        self.call_later(delay, self._jsonservlet_heartbeat_due)
 
-    async def _send_heartbeat(self) -> None:
+    async def _jsonservlet_send_heartbeat(self) -> None:
         # A StreamClosedError here means the disconnect is already recorded and the
         # producer is being stopped: nothing to report.
         with contextlib.suppress(StreamClosedError):
