@@ -54,7 +54,7 @@ from loadgen import SERVER_CPU
 
 from tornado_jsonservlet import JsonServlet, ServletRegistry
 from tornado_jsonservlet.errors.cors import CorsMixin
-from tornado_jsonservlet.jsonio.responses import JsonBodyMixin
+from tornado_jsonservlet.jsonio.bodies import JsonBodyMixin
 
 REQUEST = b"GET /small HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 TIMEOUT = 120.0  # seconds, for any one measurement

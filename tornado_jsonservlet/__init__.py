@@ -49,9 +49,10 @@ from .errors.exceptions import (
     errcode_for_status,
 )
 from .errors.rendering import HtmlErrorMixin, JsonErrorMixin, NegotiatedErrorMixin
+from .jsonio.bodies import JsonBodyMixin, require
 from .jsonio.codec import active_backend, decode, encode
 from .jsonio.lean import LeanResponseMixin
-from .jsonio.responses import JsonBodyMixin, JsonResponseMixin, require
+from .jsonio.responses import JsonResponseMixin
 from .production.metrics import InMemoryMetrics, PrometheusMetrics, ServletMetrics
 from .production.metrics_handler import MetricsHandler, metrics_urlspec
 from .production.processes import serve

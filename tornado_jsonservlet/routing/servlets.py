@@ -63,8 +63,9 @@ from tornado_jsonservlet.core.scope import scope_of
 from tornado_jsonservlet.errors.cors import CorsMixin
 from tornado_jsonservlet.errors.exceptions import BadRequest, Forbidden, MethodNotAllowed, NotFound
 from tornado_jsonservlet.errors.rendering import HtmlErrorMixin, JsonErrorMixin
+from tornado_jsonservlet.jsonio.bodies import JsonBodyMixin
 from tornado_jsonservlet.jsonio.lean import LeanResponseMixin
-from tornado_jsonservlet.jsonio.responses import JsonBodyMixin, JsonResponseMixin
+from tornado_jsonservlet.jsonio.responses import JsonResponseMixin
 from tornado_jsonservlet.production.metrics import ServletMetrics, method_label
 
 __all__ = ["SERVLET_METHODS", "HtmlServlet", "JsonServlet", "ServletRoute", "implemented_methods"]
