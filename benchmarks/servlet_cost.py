@@ -128,6 +128,61 @@ def _registry_app(servlet: type[JsonServlet]) -> tornado.web.Application:
     )
 
 
+class Proposed(JsonServlet):
+    """``servlet`` with the fast paths proposed for ``routing/servlets.py``,
+    ``errors/cors.py`` and ``jsonio/responses.py`` (see benchmarks/README.md), applied
+    here by overriding, to measure them before they land. Same responses."""
+
+    PATTERNS = ("/small",)
+
+    async def on_GET(self) -> Any:
+        return SMALL
+
+    # get()/head() return _dispatch's coroutine: one coroutine less per request.
+    def get(self, *args: str, **kwargs: str) -> Any:  # type: ignore[override]
+        return self._dispatch("GET", kwargs)
+
+    def head(self, *args: str, **kwargs: str) -> Any:  # type: ignore[override]
+        return self._dispatch("GET", kwargs)
+
+    def _complete_body(self) -> None:
+        if self._json_chunks is None:
+            # Nothing was streamed: request.body is Tornado's b"" and there is no
+            # form to parse.
+            self._body_complete = True
+            return
+        super()._complete_body()
+
+    def set_default_headers(self) -> None:
+        if self.cors_allow_origins:
+            super().set_default_headers()
+        else:
+            # CORS off: no Origin look-up, the rest of the MRO as before.
+            super(CorsMixin, self).set_default_headers()
+
+    # A plain method returning write_json's awaitable: one coroutine less.
+    def send_body(self, status: int, body: Any) -> Any:  # type: ignore[override]
+        return self.write_json(body, status)
+
+
+class ProposedNoStream(Proposed):
+    """``proposed`` without the streamed body (Tornado's two extra loop trips)."""
+
+    _stream_request_body = False
+
+
+def _route_app() -> tornado.web.Application:
+    registry = ServletRegistry()
+
+    @registry.route("/small")
+    def small(handler: JsonServlet) -> Any:
+        return SMALL
+
+    return tornado.web.Application(
+        registry.urlspecs(catch_all=False), log_function=lambda handler: None
+    )
+
+
 def _plain_app(handler: type[tornado.web.RequestHandler]) -> tornado.web.Application:
     return tornado.web.Application([(r"/small", handler)], log_function=lambda handler: None)
 
@@ -137,6 +192,12 @@ SERVERS: dict[str, tuple[str, Callable[[], tornado.web.Application]]] = {
     "bare": ("Tornado self.write(dict)", lambda: _plain_app(BareSmall)),
     "stack": ("hand-built mixin stack, write_json", lambda: _plain_app(ToolkitSmall)),
     "servlet": ("JsonServlet, async def on_GET (compare.py)", lambda: make_app("servlet")),
+    "proposed": ("servlet + proposed fast paths", lambda: _registry_app(Proposed)),
+    "proposed-stream": (
+        "proposed, bodiless requests not streamed",
+        lambda: _registry_app(ProposedNoStream),
+    ),
+    "route": ("@registry.route function, plain def", _route_app),
     "servlet-sync": ("the same, plain def on_GET", lambda: _registry_app(SyncServlet)),
     "-stream": ("servlet-sync without @stream_request_body", lambda: _registry_app(NoStreamBody)),
     "-complete-body": (
@@ -306,6 +367,8 @@ LAYERS = [
     ("        flush() + write_headers", "web.py", "flush"),
     ("        _log (access log, metrics)", "web.py", "log_request"),
     ("iostream writes (socket send)", "iostream.py", "_handle_write"),
+    ("client: responses read (asyncio transports)", "selector_events.py", "_read_ready"),
+    ("client: requests sent (asyncio transports)", "selector_events.py", "write"),
 ]
 
 
