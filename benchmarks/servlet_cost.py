@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/servlet_cost.py [--requests 4000] [--rounds 7] [-c 8]
     python benchmarks/servlet_cost.py --profile servlet [--against stack] [--requests 20000]
+    python benchmarks/servlet_cost.py --micro 20000
 
 A real Tornado ``HTTPServer`` and a minimal keep-alive client share one event loop in
 this process, pinned to one CPU: the client is an ``asyncio.Protocol`` on ``-c``
@@ -35,12 +36,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
+import inspect
 import os
 import pstats
 import statistics
 import sys
 import time
+import timeit
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -55,6 +59,7 @@ from loadgen import SERVER_CPU
 from tornado_jsonservlet import JsonServlet, ServletRegistry
 from tornado_jsonservlet.errors.cors import CorsMixin
 from tornado_jsonservlet.jsonio.responses import JsonBodyMixin
+from tornado_jsonservlet.routing.servlets import _ServletBase
 
 REQUEST = b"GET /small HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 TIMEOUT = 120.0  # seconds, for any one measurement
@@ -169,6 +174,18 @@ class ProposedNoStream(Proposed):
     """``proposed`` without the streamed body (Tornado's two extra loop trips)."""
 
     _stream_request_body = False
+
+
+#: The handler of the last request served by ``Captured``, for ``--micro``.
+CAPTURED: list[JsonServlet] = []
+
+
+class Captured(SyncServlet):
+    """Keeps its handler, so that ``--micro`` can time its methods after the request."""
+
+    def on_GET(self) -> Any:
+        CAPTURED[:] = [self]
+        return SMALL
 
 
 def _route_app() -> tornado.web.Application:
@@ -443,6 +460,86 @@ async def profile(
         print(f"  {own_diff:>+8.2f} us  {calls_diff:>+5.1f} calls  {key}")
 
 
+async def micro(repeat: int) -> None:
+    """Time pieces of the servlet's per-request work on a real handler, after its request.
+
+    The handler comes from a real request (``Captured``); each piece is called again on
+    it ``repeat`` times, best of 5. A piece's cost is its time minus the time of what
+    it would be replaced by (a call to the next class in the MRO, say).
+    """
+    server, port = await _serve(_registry_app(Captured))
+    try:
+        await _drive(port, 1, 1)
+    finally:
+        server.stop()
+        await server.close_all_connections()
+    handler = CAPTURED[0]
+    base = _ServletBase
+
+    async def inner() -> int:
+        return 1
+
+    async def outer() -> int:
+        return await inner()
+
+    def drive(coroutine: Any) -> None:
+        with contextlib.suppress(StopIteration):
+            coroutine.send(None)
+
+    pieces: list[tuple[str, Callable[[], Any], Callable[[], Any]]] = [
+        (
+            "_convert_params({}) (ASCII check of the path, the converter loop)",
+            lambda: handler._convert_params({}),
+            lambda: {},
+        ),
+        (
+            "_complete_body() with nothing streamed",
+            handler._complete_body,
+            lambda: None,
+        ),
+        (
+            "CorsMixin.set_default_headers with CORS off",
+            handler.set_default_headers,
+            lambda: super(CorsMixin, handler).set_default_headers(),
+        ),
+        (
+            "JsonBodyMixin.prepare (Content-Length look-up)",
+            handler.prepare,
+            lambda: super(JsonBodyMixin, handler).prepare(),
+        ),
+        (
+            "_ServletBase._log (metrics check)",
+            handler._log,
+            lambda: super(base, handler)._log(),
+        ),
+        (
+            "getattr(self, f'on_{method}') in _dispatch",
+            lambda: getattr(handler, f"on_{'GET'}", None),
+            lambda: None,
+        ),
+        (
+            "inspect.isawaitable(result) in _dispatch",
+            lambda: inspect.isawaitable(SMALL),
+            lambda: None,
+        ),
+        (
+            "one more coroutine layer (created, awaited, returns at once)",
+            lambda: drive(outer()),
+            lambda: drive(inner()),
+        ),
+    ]
+    empty = _best(lambda: None, repeat)
+    print(f"us per call on a real servlet handler, best of 5 x {repeat} (call overhead removed):")
+    for label, piece, replacement in pieces:
+        cost = _best(piece, repeat) - _best(replacement, repeat)
+        print(f"  {cost:>6.2f}  {label}")
+    print(f"  (an empty lambda call: {empty:.3f} us)")
+
+
+def _best(fn: Callable[[], Any], repeat: int) -> float:
+    return min(timeit.repeat(fn, number=repeat, repeat=5)) / repeat * 1e6
+
+
 def _calls(table: dict[str, tuple[float, float]]) -> float:
     return sum(calls for calls, _ in table.values())
 
@@ -467,9 +564,13 @@ def main() -> None:
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated")
     parser.add_argument("--profile", choices=sorted(SERVERS), help="cProfile one server")
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--micro", type=int, metavar="N", help="time pieces, N calls each")
     parser.add_argument("--against", choices=sorted(SERVERS), help="with --profile: diff")
     args = parser.parse_args()
     os.sched_setaffinity(0, {SERVER_CPU})
+    if args.micro:
+        asyncio.run(micro(args.micro))
+        return
     if args.profile:
         asyncio.run(profile(args.profile, args.connections, args.requests, args.top, args.against))
         return
