@@ -14,7 +14,8 @@ figure worth quoting; fewer is a smoke run and is labelled as such). Printed fig
   bare on a second row; the servers' CPU time per small request (read from
   ``/proc``), bare / toolkit: the same ratio at saturation, and far steadier when
   other work shares the machine;
-* P2: 1 MB JSON requests/s, toolkit / bare (goal >= 2.5 with ujson, >= 5 with orjson);
+* P2: 1 MB JSON requests/s, servlet / bare and mixin stack / bare (goal >= 2.5 with
+  ujson, >= 5 with orjson);
 * P3: small-request p99 while two clients fetch 1 MB responses, relative to the same
   server's unloaded p99, the median of the per-round ratios (goal <= 1.5; bare
   Tornado is shown for comparison), with the 1 MB responses per second the two

@@ -1,6 +1,6 @@
 """Where a small-JSON request's time goes: cProfile around one server of ``apps.py``.
 
-Usage: ``python benchmarks/profile_p1.py [--kind toolkit|bare] [--duration 3] [-c 2]``
+Usage: ``python benchmarks/profile_p1.py [--kind toolkit|servlet|bare] [--duration 3] [-c 2]``
 
 The server runs under cProfile on one CPU while wrk sends ``GET /small`` from the
 other, at low load (2 connections by default, so the profile shows per-request
@@ -62,7 +62,7 @@ def serve_profiled(kind: str, port: int, out: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--kind", choices=("toolkit", "bare"), default="toolkit")
+    parser.add_argument("--kind", choices=("toolkit", "servlet", "bare"), default="toolkit")
     parser.add_argument("--duration", type=float, default=3)
     parser.add_argument("-c", "--connections", type=int, default=2)
     parser.add_argument("--top", type=int, default=25)

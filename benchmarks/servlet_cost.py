@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/servlet_cost.py [--requests 4000] [--rounds 7] [-c 8]
     python benchmarks/servlet_cost.py --profile servlet [--against stack] [--requests 20000]
+    python benchmarks/servlet_cost.py --micro 20000
 
 A real Tornado ``HTTPServer`` and a minimal keep-alive client share one event loop in
 this process, pinned to one CPU: the client is an ``asyncio.Protocol`` on ``-c``
@@ -35,12 +36,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
+import inspect
 import os
 import pstats
 import statistics
 import sys
 import time
+import timeit
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -53,8 +57,10 @@ from apps import SMALL, BareSmall, ToolkitSmall, make_app
 from loadgen import SERVER_CPU
 
 from tornado_jsonservlet import JsonServlet, ServletRegistry
+from tornado_jsonservlet.core.scope import scope_of
 from tornado_jsonservlet.errors.cors import CorsMixin
 from tornado_jsonservlet.jsonio.bodies import JsonBodyMixin
+from tornado_jsonservlet.routing.servlets import _ServletBase
 
 REQUEST = b"GET /small HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 TIMEOUT = 120.0  # seconds, for any one measurement
@@ -81,14 +87,14 @@ class NoStreamBody(SyncServlet):
 class NoCompleteBody(SyncServlet):
     """Skips ``_complete_body`` (joining chunks, parsing the empty Content-Type)."""
 
-    def _complete_body(self) -> None:
-        self._body_complete = True
+    def _jsonservlet_complete_body(self) -> None:
+        scope_of(self).servlet.body_complete = True
 
 
 class NoConvertParams(SyncServlet):
     """Skips ``_convert_params`` (the path's ASCII check and the converter loop)."""
 
-    def _convert_params(self, raw_params: Any) -> dict[str, Any]:
+    def _jsonservlet_convert_params(self, raw_params: Any) -> dict[str, Any]:
         return {}
 
 
@@ -128,6 +134,73 @@ def _registry_app(servlet: type[JsonServlet]) -> tornado.web.Application:
     )
 
 
+class Proposed(JsonServlet):
+    """``servlet`` with the fast paths proposed for ``routing/servlets.py``,
+    ``errors/cors.py`` and ``jsonio/responses.py`` (see benchmarks/README.md), applied
+    here by overriding, to measure them before they land. Same responses."""
+
+    PATTERNS = ("/small",)
+
+    async def on_GET(self) -> Any:
+        return SMALL
+
+    # get()/head() return _dispatch's coroutine: one coroutine less per request.
+    def get(self, *args: str, **kwargs: str) -> Any:  # type: ignore[override]
+        return self._jsonservlet_dispatch("GET", kwargs)
+
+    def head(self, *args: str, **kwargs: str) -> Any:  # type: ignore[override]
+        return self._jsonservlet_dispatch("GET", kwargs)
+
+    def _jsonservlet_complete_body(self) -> None:
+        if scope_of(self).json_body is None:
+            # Nothing was streamed: request.body is Tornado's b"" and there is no
+            # form to parse.
+            scope_of(self).servlet.body_complete = True
+            return
+        super()._jsonservlet_complete_body()
+
+    def set_default_headers(self) -> None:
+        if self.cors_allow_origins:
+            super().set_default_headers()
+        else:
+            # CORS off: no Origin look-up, the rest of the MRO as before.
+            super(CorsMixin, self).set_default_headers()
+
+    # A plain method returning write_json's awaitable: one coroutine less.
+    def send_body(self, status: int, body: Any) -> Any:  # type: ignore[override]
+        return self.write_json(body, status)
+
+
+class ProposedNoStream(Proposed):
+    """``proposed`` without the streamed body (Tornado's two extra loop trips)."""
+
+    _stream_request_body = False
+
+
+#: The handler of the last request served by ``Captured``, for ``--micro``.
+CAPTURED: list[JsonServlet] = []
+
+
+class Captured(SyncServlet):
+    """Keeps its handler, so that ``--micro`` can time its methods after the request."""
+
+    def on_GET(self) -> Any:
+        CAPTURED[:] = [self]
+        return SMALL
+
+
+def _route_app() -> tornado.web.Application:
+    registry = ServletRegistry()
+
+    @registry.route("/small")
+    def small(handler: JsonServlet) -> Any:
+        return SMALL
+
+    return tornado.web.Application(
+        registry.urlspecs(catch_all=False), log_function=lambda handler: None
+    )
+
+
 def _plain_app(handler: type[tornado.web.RequestHandler]) -> tornado.web.Application:
     return tornado.web.Application([(r"/small", handler)], log_function=lambda handler: None)
 
@@ -137,6 +210,12 @@ SERVERS: dict[str, tuple[str, Callable[[], tornado.web.Application]]] = {
     "bare": ("Tornado self.write(dict)", lambda: _plain_app(BareSmall)),
     "stack": ("hand-built mixin stack, write_json", lambda: _plain_app(ToolkitSmall)),
     "servlet": ("JsonServlet, async def on_GET (compare.py)", lambda: make_app("servlet")),
+    "proposed": ("servlet + proposed fast paths", lambda: _registry_app(Proposed)),
+    "proposed-stream": (
+        "proposed, bodiless requests not streamed",
+        lambda: _registry_app(ProposedNoStream),
+    ),
+    "route": ("@registry.route function, plain def", _route_app),
     "servlet-sync": ("the same, plain def on_GET", lambda: _registry_app(SyncServlet)),
     "-stream": ("servlet-sync without @stream_request_body", lambda: _registry_app(NoStreamBody)),
     "-complete-body": (
@@ -306,6 +385,8 @@ LAYERS = [
     ("        flush() + write_headers", "web.py", "flush"),
     ("        _log (access log, metrics)", "web.py", "log_request"),
     ("iostream writes (socket send)", "iostream.py", "_handle_write"),
+    ("client: responses read (asyncio transports)", "selector_events.py", "_read_ready"),
+    ("client: requests sent (asyncio transports)", "selector_events.py", "write"),
 ]
 
 
@@ -380,6 +461,86 @@ async def profile(
         print(f"  {own_diff:>+8.2f} us  {calls_diff:>+5.1f} calls  {key}")
 
 
+async def micro(repeat: int) -> None:
+    """Time pieces of the servlet's per-request work on a real handler, after its request.
+
+    The handler comes from a real request (``Captured``); each piece is called again on
+    it ``repeat`` times, best of 5. A piece's cost is its time minus the time of what
+    it would be replaced by (a call to the next class in the MRO, say).
+    """
+    server, port = await _serve(_registry_app(Captured))
+    try:
+        await _drive(port, 1, 1)
+    finally:
+        server.stop()
+        await server.close_all_connections()
+    handler = CAPTURED[0]
+    base = _ServletBase
+
+    async def inner() -> int:
+        return 1
+
+    async def outer() -> int:
+        return await inner()
+
+    def drive(coroutine: Any) -> None:
+        with contextlib.suppress(StopIteration):
+            coroutine.send(None)
+
+    pieces: list[tuple[str, Callable[[], Any], Callable[[], Any]]] = [
+        (
+            "_jsonservlet_convert_params({}) (ASCII check of the path, the converter loop)",
+            lambda: handler._jsonservlet_convert_params({}),
+            lambda: {},
+        ),
+        (
+            "_jsonservlet_complete_body() with nothing streamed",
+            handler._jsonservlet_complete_body,
+            lambda: None,
+        ),
+        (
+            "CorsMixin.set_default_headers with CORS off",
+            handler.set_default_headers,
+            lambda: super(CorsMixin, handler).set_default_headers(),
+        ),
+        (
+            "JsonBodyMixin.prepare (Content-Length look-up)",
+            handler.prepare,
+            lambda: super(JsonBodyMixin, handler).prepare(),
+        ),
+        (
+            "_ServletBase._jsonservlet_log (metrics check)",
+            lambda: handler._jsonservlet_log(lambda: None),
+            lambda: super(base, handler)._jsonservlet_log(lambda: None),
+        ),
+        (
+            "getattr(self, f'on_{method}') in _dispatch",
+            lambda: getattr(handler, f"on_{'GET'}", None),
+            lambda: None,
+        ),
+        (
+            "inspect.isawaitable(result) in _dispatch",
+            lambda: inspect.isawaitable(SMALL),
+            lambda: None,
+        ),
+        (
+            "one more coroutine layer (created, awaited, returns at once)",
+            lambda: drive(outer()),
+            lambda: drive(inner()),
+        ),
+    ]
+    empty = _best(lambda: None, repeat)
+    print(f"us per call on a real servlet handler, best of 5 x {repeat} (call overhead removed):")
+    for label, piece, replacement in pieces:
+        cost = _best(piece, repeat) - _best(replacement, repeat)
+        print(f"  {cost:>6.2f}  {label}")
+    print(f"  (an empty lambda call: {empty:.3f} us)")
+
+
+def _best(fn: Callable[[], Any], repeat: int) -> float:
+    return min(timeit.repeat(fn, number=repeat, repeat=5)) / repeat * 1e6
+
+
 def _calls(table: dict[str, tuple[float, float]]) -> float:
     return sum(calls for calls, _ in table.values())
 
@@ -404,9 +565,13 @@ def main() -> None:
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated")
     parser.add_argument("--profile", choices=sorted(SERVERS), help="cProfile one server")
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--micro", type=int, metavar="N", help="time pieces, N calls each")
     parser.add_argument("--against", choices=sorted(SERVERS), help="with --profile: diff")
     args = parser.parse_args()
     os.sched_setaffinity(0, {SERVER_CPU})
+    if args.micro:
+        asyncio.run(micro(args.micro))
+        return
     if args.profile:
         asyncio.run(profile(args.profile, args.connections, args.requests, args.top, args.against))
         return

@@ -449,6 +449,8 @@ def test_other_callables_get_a_functools_wraps_wrapper(app, name, method, fn, is
     assert getattr(on_method, "_tornado_jsonservlet_cancel", None) is mark
     if inspect.ismethod(fn):
         assert on_method.__qualname__ == fn.__qualname__ == f"Service.{fn.__name__}"
+    else:  # a partial has no __qualname__: the wrapper shows the function it calls
+        assert on_method.__qualname__ == fn.func.__qualname__ == fn.func.__name__
 
 
 async def test_wrapped_callables_are_served(http_client, base_url):

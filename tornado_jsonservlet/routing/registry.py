@@ -353,23 +353,32 @@ def _route_method(fn: Callable[..., Any]) -> Callable[..., Any]:
     ``functools.partial``, a bound method, an object with ``__call__``) would not be
     bound to the handler, so they get a ``functools.wraps`` wrapper: ``__wrapped__``
     is ``fn``, its name and marks are copied (as they are when ``route()`` runs), and
-    it is ``async def`` when ``fn`` is a coroutine function.
+    it is ``async def`` when ``fn`` is a coroutine function. A callable without a
+    ``__qualname__`` of its own (a partial, an object) lends the wrapper the one of
+    the function it calls.
     """
     if inspect.isfunction(fn):
         return fn
+    wrapper: Callable[..., Any]
     if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__):
 
-        @functools.wraps(fn)
         async def call_async(self: JsonServlet, **params: Any) -> Any:
             return await fn(self, **params)
 
-        return call_async
+        wrapper = call_async
+    else:
 
-    @functools.wraps(fn)
-    def call(self: JsonServlet, **params: Any) -> Any:
-        return fn(self, **params)
+        def call(self: JsonServlet, **params: Any) -> Any:
+            return fn(self, **params)
 
-    return call
+        wrapper = call
+    functools.update_wrapper(wrapper, fn)
+    if not hasattr(fn, "__qualname__"):
+        inner = fn.func if isinstance(fn, functools.partial) else type(fn).__call__
+        for attribute in ("__name__", "__qualname__"):
+            if not hasattr(fn, attribute) and hasattr(inner, attribute):
+                setattr(wrapper, attribute, getattr(inner, attribute))
+    return wrapper
 
 
 def _label(servlet: type) -> str:
