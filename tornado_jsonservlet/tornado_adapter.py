@@ -15,10 +15,14 @@ it wraps, and why each is needed:
   toolkit's mixins chain through.
 * ``RequestHandler._log`` writes the access line: :class:`RequestLifecycle`
   overrides it once and calls :meth:`RequestLifecycle._jsonservlet_log`.
+* ``RequestHandler._handle_request_exception`` reports an exception the request
+  raised to ``log_exception`` and ``send_error``: overridden once, it calls
+  :meth:`RequestLifecycle._jsonservlet_handle_exception`.
 * ``_finished``, ``_headers_written``, ``_request_summary()``, ``_reason``,
   ``_headers`` and the response buffer: read through small functions below.
-* ``_has_stream_request_body``, ``request._body_future`` and
-  ``_prepared_future``: a streamed upload whose client leaves.
+* ``_has_stream_request_body`` and ``_prepared_future``: a streamed upload whose
+  client leaves.
+* ``PathMatches._find_groups()``: what tracing tools read to name a route.
 * ``SimpleAsyncHTTPClient._connection_class()``, ``_HTTPConnection`` and
   ``TCPClient._create_stream()``: an outbound request that can be aborted.
 * asyncio's ``Task._fut_waiter`` (present in the C and Python tasks of every
@@ -38,6 +42,7 @@ import tornado.httputil
 import tornado.web
 from tornado.concurrent import Future
 from tornado.iostream import IOStream
+from tornado.routing import PathMatches
 from tornado.simple_httpclient import SimpleAsyncHTTPClient, _HTTPConnection
 from tornado.tcpclient import TCPClient
 
@@ -50,10 +55,9 @@ __all__ = [
     "HTTPClientConnection",
     "RequestLifecycle",
     "StreamRecordingTCPClient",
+    "TemplatePathMatches",
     "adopt_transforms",
     "awaited_future",
-    "body_still_arriving",
-    "execute_started",
     "headers_sent",
     "is_finished",
     "reason_phrase",
@@ -112,15 +116,21 @@ class RequestLifecycle(tornado.web.RequestHandler):
         """Write the request's access line (Tornado's ``log_request``)."""
         write_access_line()
 
+    def _handle_request_exception(self, e: BaseException) -> None:
+        self._jsonservlet_handle_exception(e, super()._handle_request_exception)
+
+    def _jsonservlet_handle_exception(
+        self, error: BaseException, handle: Callable[[BaseException], None]
+    ) -> None:
+        """Tornado's handling of an exception the request raised: ``log_exception``
+        with ``sys.exc_info()``, then ``send_error``. Call ``handle`` while the
+        exception to report is the one being handled."""
+        handle(error)
+
 
 def adopt_transforms(handler: Handler, transforms: list[tornado.web.OutputTransform]) -> None:
     """Let ``handler`` finish before Tornado's ``_execute`` ran (it sets them there)."""
     handler._transforms = transforms
-
-
-def execute_started(handler: Handler) -> bool:
-    """Whether Tornado's ``_execute`` has begun (the transforms are set then)."""
-    return hasattr(handler, "_transforms")
 
 
 def transforms_of(handler: Handler) -> Optional[list[tornado.web.OutputTransform]]:
@@ -169,18 +179,35 @@ def reset_response(handler: Handler, headers: tornado.httputil.HTTPHeaders) -> N
     handler._reason = "OK"
 
 
+# -- routing ------------------------------------------------------------------------
+
+
+class TemplatePathMatches(PathMatches):
+    """A ``PathMatches`` that reports its route template to tools that read it.
+
+    Tracing integrations (OpenTelemetry's Tornado instrumentation) name a span
+    after ``matcher._find_groups()``: the regex as a ``%s`` format and its group
+    count, filled with the handler method's parameter names. A servlet's methods
+    take ``*args, **kwargs``, which garbles the name (``/users/{args}/{kwargs}``).
+    A template given here is reported as it is, with no group to fill:
+    ``/users/{user_id}/items/{item}``. Tornado's own ``reverse`` reads the same
+    answer, so a subclass that sets a template must override ``reverse``.
+    """
+
+    route_template: Optional[str] = None
+
+    def _find_groups(self) -> tuple[Optional[str], Optional[int]]:
+        if self.route_template is not None:
+            return self.route_template, 0
+        return super()._find_groups()
+
+
 # -- streamed uploads ---------------------------------------------------------------
 
 
 def streams_request_body(cls: type) -> bool:
     """Whether ``cls`` is decorated with ``@tornado.web.stream_request_body``."""
     return tornado.web._has_stream_request_body(cls)
-
-
-def body_still_arriving(request: tornado.httputil.HTTPServerRequest) -> bool:
-    """Whether a streamed request body is still being received."""
-    body: Optional[asyncio.Future[None]] = getattr(request, "_body_future", None)
-    return body is not None and not body.done()
 
 
 # -- outbound HTTP --------------------------------------------------------------------

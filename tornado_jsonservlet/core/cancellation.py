@@ -80,7 +80,7 @@ import tornado.web
 from tornado.log import access_log, app_log
 
 from tornado_jsonservlet import tornado_adapter as tornado_internals
-from tornado_jsonservlet.core import context, threads
+from tornado_jsonservlet.core import context, threads, tracing
 from tornado_jsonservlet.core.connection import CLIENT_CLOSED_REQUEST, abort_response
 from tornado_jsonservlet.core.error_shape import error_document
 from tornado_jsonservlet.core.safe_output import SafeWriteMixin
@@ -514,6 +514,10 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
         super()._jsonservlet_log(write_access_line)
 
     def finish(self, chunk: Any = None) -> asyncio.Future[None]:
+        reason: Optional[CancelReason] = scope_of(self).reason
+        if reason is not None and not tornado_internals.is_finished(self):
+            # Before Tornado's finish ends the tracer's span (in on_finish).
+            tracing.note_cancellation(reason.errcode, reason.status)
         try:
             return super().finish(chunk)
         finally:

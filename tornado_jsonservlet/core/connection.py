@@ -25,6 +25,7 @@ matters.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any, Callable
 
 import tornado.httputil
@@ -203,15 +204,19 @@ class ClientConnectionMixin(tornado_internals.RequestLifecycle):
     def _jsonservlet_connection_closed(self) -> None:
         """Tornado reported the connection closed while the handler was working."""
         self._jsonservlet_client_left()
+
+    async def _jsonservlet_execute(
+        self,
+        run: Callable[[], Awaitable[None]],
+        transforms: list[tornado.web.OutputTransform],
+    ) -> None:
+        await super()._jsonservlet_execute(run, transforms)
         # Tornado abandons a streamed upload whose client leaves: ``_execute``
-        # returns without finishing, so nothing would log the request. Only the
-        # stream-body future says whether the handler is still waiting for data.
-        if (
-            scope_of(self).client_gone
-            and not tornado_internals.is_finished(self)
-            and tornado_internals.body_still_arriving(self.request)
-            and tornado_internals.execute_started(self)
-        ):
+        # returns without finishing, so nothing would log the request. It is
+        # finished here, in the request's own task and context, where tracing
+        # integrations attached theirs (finishing from the close callback made
+        # them fail to detach it).
+        if scope_of(self).client_gone and not tornado_internals.is_finished(self):
             self.finish()
 
     def _jsonservlet_client_left(self) -> None:

@@ -64,6 +64,7 @@ class RequestScope:
         # -- families above the core: each stores its own object --
         "request_id",  # production.request_id
         "pending_log",  # errors.rendering: an exception whose logging waits for its outcome
+        "error_outcome",  # errors.rendering: what an error handler did, run once
         "servlet",  # routing.servlets: route, body and XSRF state
         "json_body",  # jsonio.responses: the request body as it arrives and decoded
         "json_response",  # jsonio.responses: the response is a write_json document
@@ -86,6 +87,7 @@ class RequestScope:
         self.ended_early = False
         self.request_id: Optional[str] = None
         self.pending_log: Optional[BaseException] = None
+        self.error_outcome: Any = None
         self.servlet: Any = None
         self.json_body: Any = None
         self.json_response = False

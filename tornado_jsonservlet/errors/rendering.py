@@ -51,7 +51,7 @@ import logging
 import traceback
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, Callable, ClassVar, Optional, TypeVar, Union
+from typing import Any, Callable, ClassVar, NamedTuple, Optional, TypeVar, Union
 
 import jinja2
 import markupsafe
@@ -182,7 +182,16 @@ def _has_application_log_exception(cls: Any) -> bool:
     return False
 
 
-class ErrorRenderingMixin(tornado.web.RequestHandler):
+class _HandlerOutcome(NamedTuple):
+    """What an error handler did with an exception: returned ``result`` or ``raised``."""
+
+    error: BaseException
+    handler: ErrorHandler
+    result: object
+    raised: Optional[Exception]
+
+
+class ErrorRenderingMixin(tornado_internals.RequestLifecycle):
     """The shared pipeline: exception -> :class:`ServletError` -> logged once -> rendered.
 
     Subclasses provide :meth:`error_body`. Use :class:`JsonErrorMixin`,
@@ -260,6 +269,12 @@ class ErrorRenderingMixin(tornado.web.RequestHandler):
             if _has_application_log_exception(type(self)):  # type: ignore[arg-type]
                 super().log_exception(typ, value, tb)
             return
+        ran: Optional[_HandlerOutcome] = scope_of(self).error_outcome
+        if ran is not None and ran.error is value and ran.raised is None and ran.result is None:
+            # The handler ran already (see _jsonservlet_handle_exception) and wrote
+            # the response itself.
+            self._jsonservlet_log_outcome(value, None, True)
+            return
         if (
             handler is None
             or tornado_internals.is_finished(self)
@@ -270,6 +285,54 @@ class ErrorRenderingMixin(tornado.web.RequestHandler):
         # An error handler decides the outcome; write_error logs it once known
         # (or send_error, should an overridden write_error never get there).
         scope_of(self).pending_log = value
+
+    def _jsonservlet_handle_exception(
+        self, error: BaseException, handle: Callable[[BaseException], None]
+    ) -> None:
+        # An exception that an error handler maps to an HTTP error is reported as
+        # that error from the start: whoever wraps log_exception (a tracer, an
+        # error monitor) sees the 404 the client gets, not a 500.
+        mapped = self._jsonservlet_mapped_error(error)
+        if mapped is None:
+            super()._jsonservlet_handle_exception(error, handle)
+            return
+        try:
+            raise mapped from error
+        except tornado.web.HTTPError as reported:
+            super()._jsonservlet_handle_exception(reported, handle)
+
+    def _jsonservlet_mapped_error(self, error: BaseException) -> Optional[ServletError]:
+        """The HTTP error an error handler maps ``error`` to, or None to go the usual way.
+
+        Only for exceptions other than HTTP errors, while the client is there. The
+        handler runs here, once; what it did is kept in the scope for
+        ``log_exception`` and ``write_error``, which would otherwise run it.
+        """
+        if isinstance(error, tornado.web.HTTPError) or scope_of(self).client_gone:
+            return None
+        handler = self.find_error_handler(error)
+        if handler is None or handler is _render_http_error:
+            return None
+        outcome = self._jsonservlet_run_error_handler(handler, error)
+        if outcome.raised is None and isinstance(outcome.result, tornado.web.HTTPError):
+            scope_of(self).error_outcome = None  # reported as the mapped error itself
+            return _builtin_error(outcome.result)
+        return None
+
+    def _jsonservlet_run_error_handler(
+        self, handler: ErrorHandler, error: BaseException
+    ) -> _HandlerOutcome:
+        """Run ``handler`` for ``error`` at most once per request and exception."""
+        scope = scope_of(self)
+        cached: Optional[_HandlerOutcome] = scope.error_outcome
+        if cached is not None and cached.error is error:
+            return cached
+        try:
+            outcome = _HandlerOutcome(error, handler, handler(self, error), None)
+        except Exception as raised:
+            outcome = _HandlerOutcome(error, handler, None, raised)
+        scope.error_outcome = outcome
+        return outcome
 
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
         if (
@@ -326,11 +389,18 @@ class ErrorRenderingMixin(tornado.web.RequestHandler):
         handler = self.find_error_handler(exc)
         if handler is None:
             return self._jsonservlet_internal_error(exc), False
-        try:
-            result: object = handler(self, exc)
-        except Exception:
-            app_log.error("Error handler %r failed while handling %r", handler, exc, exc_info=True)
+        outcome = self._jsonservlet_run_error_handler(handler, exc)
+        scope_of(self).error_outcome = None
+        if outcome.raised is not None:
+            raised = outcome.raised
+            app_log.error(
+                "Error handler %r failed while handling %r",
+                handler,
+                exc,
+                exc_info=(type(raised), raised, raised.__traceback__),
+            )
             return self._jsonservlet_internal_error(exc), None
+        result = outcome.result
         if result is None:
             return None, True
         if isinstance(result, tornado.web.HTTPError):

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import math
 import socket
 import time
@@ -120,6 +121,31 @@ class _Fetch:
     def caller_done(self, future: Future[HTTPResponse]) -> None:
         if future.cancelled():
             self.client._abort(self)
+
+
+def _relay_outcome(outer: Future[HTTPResponse], inner: Future[HTTPResponse]) -> None:
+    """Hand Tornado's outcome to the caller's future, unless the caller left."""
+    if outer.done():
+        if not inner.cancelled():
+            inner.exception()  # read: nobody else will, and nothing is lost
+        return
+    if inner.cancelled():
+        outer.cancel()
+    elif inner.exception() is not None:
+        outer.set_exception(inner.exception())  # type: ignore[arg-type]
+    else:
+        outer.set_result(inner.result())
+
+
+def _end_abandoned(inner: Future[HTTPResponse], outer: Future[HTTPResponse]) -> None:
+    """The caller cancelled: end Tornado's future too (the request was aborted)."""
+    if outer.cancelled() and not inner.done():
+        inner.set_exception(FetchAbandoned("The caller cancelled the request"))
+        inner.exception()  # read here: a watcher may or may not read it
+
+
+class FetchAbandoned(Exception):
+    """How an aborted fetch ends for those who watch Tornado's own future."""
 
 
 class _QuietResolver(Resolver):
@@ -324,15 +350,24 @@ class CancellableHTTPClient(tornado_internals.AbortableClient):
         record = _Fetch(self, deadline)
         self._registering = record
         try:
-            future = super().fetch(request, raise_error, **kwargs)
+            inner = super().fetch(request, raise_error, **kwargs)
         finally:
             self._registering = None
-        if record.callback is not None:  # fetch_impl took it
-            record.future = future
-            if parent is not None:
-                parent.follow_up = record
-            future.add_done_callback(record.caller_done)
-        return future
+        if record.callback is None:  # fetch_impl did not take it (a redirect step)
+            return inner
+        if parent is not None:
+            parent.follow_up = record
+        # The caller awaits its own future. Cancelling it aborts the request and
+        # then ends Tornado's future with an exception instead of cancelling it:
+        # whoever else watches that future (a tracing integration that wraps
+        # fetch()) sees it end normally, once, rather than reading a cancelled
+        # future's exception inside a done-callback.
+        outer: Future[HTTPResponse] = inner.get_loop().create_future()
+        record.future = outer
+        inner.add_done_callback(functools.partial(_relay_outcome, outer))
+        outer.add_done_callback(record.caller_done)
+        outer.add_done_callback(functools.partial(_end_abandoned, inner))
+        return outer
 
     def fetch_impl(self, request: HTTPRequest, callback: Callable[[HTTPResponse], None]) -> None:
         record, self._registering = self._registering, None

@@ -55,7 +55,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 from urllib.parse import quote
 
-from tornado.routing import PathMatches, URLSpec
+from tornado.routing import URLSpec
+
+from tornado_jsonservlet import tornado_adapter as tornado_internals
 
 __all__ = [
     "CONVERTERS",
@@ -397,14 +399,19 @@ def compile_pattern(pattern: str) -> CompiledPattern:
     return CompiledPattern(regex, converters, tuple(pieces))
 
 
-class TemplateMatches(PathMatches):
+class TemplateMatches(tornado_internals.TemplatePathMatches):
     """Tornado's matcher, with ``reverse`` writing each value for its converter.
 
     ``Application.reverse_url`` calls ``rule.matcher.reverse``; Tornado's own would
-    leave ``/`` and ``..`` in a value as they are.
+    leave ``/`` and ``..`` in a value as they are. Tracing tools see the route as
+    its template with the converters left out (``/users/{user_id}``): a name with
+    one value per route, not per URL.
     """
 
     def __init__(self, regex: re.Pattern[str], label: str, pieces: tuple[_Piece, ...]) -> None:
+        self.route_template = "".join(
+            piece if isinstance(piece, str) else f"{{{piece.name}}}" for piece in pieces
+        )
         super().__init__(regex)
         self._label = label
         self._pieces = pieces

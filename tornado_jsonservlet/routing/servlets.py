@@ -48,6 +48,7 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Optional
@@ -128,6 +129,7 @@ class _ServletBase(
         if "servlet_name" not in cls.__dict__:
             cls.servlet_name = cls.__name__
         cls.allowed_methods = implemented_methods(cls)
+        _name_dispatchers_after(cls)
 
     def __init__(
         self,
@@ -294,6 +296,40 @@ class _ServletBase(
                 self.get_status(),
                 self.request.request_time(),
             )
+
+
+_DISPATCHERS = ("get", "head", "post", "put", "patch", "delete", "options")
+_NAMED_COPY = "_jsonservlet_named_copy"
+
+
+def _name_dispatchers_after(cls: type[_ServletBase]) -> None:
+    """Give ``cls`` its own copies of the dispatching ``get``/``post``/... methods.
+
+    Error monitors and tracers name a request after the handler method Tornado
+    calls (Sentry's Tornado integration reports ``module.Class.get``). Inherited,
+    every servlet's request would be ``_ServletBase.get``. A copy shares the code
+    and differs only in ``__qualname__`` and ``__module__``, which name the servlet.
+    A method the servlet defines itself is left alone.
+    """
+    for verb in _DISPATCHERS:
+        if verb in cls.__dict__:
+            continue
+        inherited = getattr(cls, verb)
+        if inherited is not _ServletBase.__dict__[verb] and not getattr(
+            inherited, _NAMED_COPY, False
+        ):
+            continue  # a base servlet of the application's defines it
+        shared: Any = _ServletBase.__dict__[verb]
+        copy = types.FunctionType(
+            shared.__code__, shared.__globals__, verb, shared.__defaults__, shared.__closure__
+        )
+        copy.__kwdefaults__ = shared.__kwdefaults__
+        copy.__annotations__ = shared.__annotations__
+        copy.__doc__ = shared.__doc__
+        copy.__qualname__ = f"{cls.__qualname__}.{verb}"
+        copy.__module__ = cls.__module__
+        setattr(copy, _NAMED_COPY, True)
+        setattr(cls, verb, copy)
 
 
 def _allow_on_405(handler: Any, error: tornado.web.HTTPError) -> tornado.web.HTTPError:
