@@ -68,6 +68,18 @@ class IdServlet(RequestIdMixin, JsonServlet):
         return {"n": n}
 
 
+class OwnDefaultHeaders(RequestIdMixin, tornado.web.RequestHandler):
+    """An application's base handler whose set_default_headers skips super()."""
+
+    def set_default_headers(self) -> None:
+        self.set_header("X-Frame-Options", "DENY")
+
+    def get(self) -> None:
+        if self.get_argument("fail", ""):
+            raise tornado.web.HTTPError(418)
+        self.write({"id": self.request_id})
+
+
 @pytest.fixture
 def app() -> tornado.web.Application:
     registry = ServletRegistry()
@@ -78,6 +90,7 @@ def app() -> tornado.web.Application:
             (r"/slow", Slow),
             (r"/untrusting", Untrusting),
             (r"/plain", Plain),
+            (r"/own-headers", OwnDefaultHeaders),
             *registry.urlspecs("/api"),
         ]
     )
@@ -288,3 +301,16 @@ async def test_the_cancellable_client_forwards_the_request_id(http_client):
         server.stop()
     body = json.loads(response.body)
     assert body == {"mine": "abc-123", "forwarded": "abc-123", "kept": "chosen-by-me"}
+
+
+@pytest.mark.parametrize("query", ["", "?fail=1"])
+async def test_the_header_is_sent_when_set_default_headers_skips_super(
+    http_client, base_url, query
+):
+    response = await http_client.fetch(f"{base_url}/own-headers{query}", raise_error=False)
+    assert response.code == (418 if query else 200)
+    assert response.headers["X-Frame-Options"] == "DENY"
+    request_id = response.headers.get("X-Request-ID")
+    assert request_id
+    if not query:
+        assert json.loads(response.body) == {"id": request_id}

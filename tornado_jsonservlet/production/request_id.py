@@ -27,7 +27,7 @@ import re
 from collections.abc import Awaitable
 from contextvars import ContextVar
 from types import TracebackType
-from typing import Callable, ClassVar, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 import tornado.web
 
@@ -127,6 +127,15 @@ class RequestIdMixin(tornado_internals.RequestLifecycle):
         # Called again by send_error's clear(): error responses carry the ID too.
         super().set_default_headers()
         self.set_header(REQUEST_ID_HEADER, self.request_id)
+
+    def flush(self, include_footers: bool = False) -> Any:
+        # Applications override set_default_headers without calling super() (flower's
+        # base handler does): the header is then set here, before the headers go out.
+        if not tornado_internals.headers_sent(self):
+            headers = tornado_internals.response_headers(self)
+            if REQUEST_ID_HEADER not in headers:
+                self.set_header(REQUEST_ID_HEADER, self.request_id)
+        return super().flush(include_footers)
 
     async def _jsonservlet_execute(
         self,
