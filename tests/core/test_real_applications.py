@@ -88,6 +88,10 @@ class CoalescedHandler(CancelOnDisconnectMixin, AppBase):
         self.write({"report": await reports.run("r", build)})
 
 
+class DeadlineHandler(SlowHandler):
+    request_deadline = 0.05
+
+
 @pytest.fixture
 def shared() -> dict[str, Any]:
     return {}
@@ -99,6 +103,7 @@ def app(probe: Probe, shared: dict[str, Any]) -> tornado.web.Application:
     return tornado.web.Application(
         [
             ("/slow", SlowHandler, {"probe": probe}),
+            ("/deadline", DeadlineHandler, {"probe": probe}),
             ("/shared", SharedTaskHandler, kwargs),
             ("/coalesced", CoalescedHandler, kwargs),
         ]
@@ -161,3 +166,14 @@ async def test_coalesced_work_runs_once_and_stops_when_its_last_waiter_leaves(
     response = await http_client.fetch(f"{base_url}/coalesced")
     assert response.body == b'{"report": "report"}'
     assert probe.count("work-started") == 2
+
+
+async def test_every_finish_override_runs_once_for_a_deadline(probe, caplog, http_client, base_url):
+    response = await http_client.fetch(f"{base_url}/deadline", raise_error=False)
+    assert response.code == 504
+    assert b'"errcode":"DEADLINE_EXCEEDED"' in response.body
+    assert probe.count("top-finish") == 1
+    assert probe.count("base-finish") == 1
+    assert probe.count("on_finish") == 1
+    assert probe.values["gone-in-finish"] is False
+    assert access_statuses(caplog) == [504]
