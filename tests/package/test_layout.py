@@ -153,3 +153,18 @@ def test_top_level_exports_resolve() -> None:
         assert getattr(tornado_jsonservlet, name) is not None, name
     module = importlib.import_module("tornado_jsonservlet")
     assert "Coalescer" in module.__all__
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    offenders = []
+    for name, path in _modules():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                "tornado_jsonservlet"
+            ):
+                offenders += [
+                    f"{name}: {node.module}.{alias.name}"
+                    for alias in node.names
+                    if alias.name.startswith("_") and alias.name != "__all__"
+                ]
+    assert not offenders, offenders
