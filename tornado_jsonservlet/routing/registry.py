@@ -208,7 +208,7 @@ class ServletRegistry:
             for method in wanted:
                 namespace[f"on_{method}"] = _route_method(fn)
             servlet = type(f"Route_{servlet_name}", (JsonServlet,), namespace)
-            servlet.__module__ = fn.__module__
+            servlet.__module__ = getattr(fn, "__module__", None) or __name__
             self.register(servlet, [template], name=servlet_name)
             return fn
 
