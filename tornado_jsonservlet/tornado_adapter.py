@@ -21,6 +21,9 @@ it wraps, and why each is needed:
   ``_prepared_future``: a streamed upload whose client leaves.
 * ``SimpleAsyncHTTPClient._connection_class()``, ``_HTTPConnection`` and
   ``TCPClient._create_stream()``: an outbound request that can be aborted.
+* ``BaseIOStream._total_write_done_index``: how many bytes of a response the
+  kernel has taken, so that a write that makes no progress (a client that
+  stopped reading) can be told from a slow one.
 * asyncio's ``Task._fut_waiter`` (present in the C and Python tasks of every
   supported Python): which future a suspended task awaits, so that one request's
   cancellation does not cancel work other requests await too.
@@ -30,6 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
+import sys
 from collections.abc import Awaitable
 from typing import Any, Callable, Optional
 
@@ -53,6 +58,7 @@ __all__ = [
     "adopt_transforms",
     "awaited_future",
     "body_still_arriving",
+    "bytes_written",
     "execute_started",
     "headers_sent",
     "is_finished",
@@ -76,6 +82,14 @@ CANCEL_ANSWERS_500 = TORNADO >= (6, 6)
 CANCEL_CLOSES_HANDSHAKE = TORNADO >= (6, 6)
 
 Handler = tornado.web.RequestHandler
+
+if sys.platform == "linux":
+    import fcntl
+    import termios
+
+    _TIOCOUTQ: Optional[int] = termios.TIOCOUTQ
+else:  # pragma: no cover - the kernel's queue is not looked at elsewhere
+    _TIOCOUTQ = None
 
 
 # -- the request's lifecycle ------------------------------------------------------
@@ -135,6 +149,37 @@ def release_prepare_waiters(handler: Handler) -> None:
 
 
 # -- response state ---------------------------------------------------------------
+
+
+def bytes_written(stream: Any) -> Optional[int]:
+    """Bytes of ``stream``'s output the peer has taken so far, as far as can be told.
+
+    Progress, not time, tells a slow reader from one that stopped. Tornado's count
+    of bytes handed to the kernel moves only when the kernel's send buffer has
+    room again, which with a multi-megabyte buffer can take many seconds of a
+    client that *is* reading; on Linux the bytes still queued in the kernel
+    (``TIOCOUTQ``: sent but not acknowledged, or not sent) are subtracted, so
+    the count moves with every acknowledgement. None for a stream without the
+    count (a test double).
+    """
+    count = getattr(stream, "_total_write_done_index", None)
+    if not isinstance(count, int):
+        return None
+    return count - _queued_in_kernel(stream)
+
+
+def _queued_in_kernel(stream: Any) -> int:
+    if _TIOCOUTQ is None:
+        return 0
+    sock = getattr(stream, "socket", None)
+    try:
+        fd = sock.fileno() if sock is not None else -1
+        if fd < 0:
+            return 0
+        queued = fcntl.ioctl(fd, _TIOCOUTQ, b"\0\0\0\0")
+    except (OSError, ValueError):
+        return 0
+    return int(struct.unpack("i", queued)[0])
 
 
 def is_finished(handler: Handler) -> bool:

@@ -90,6 +90,7 @@ __all__ = [
     "CLIENT_LEFT",
     "DEADLINE_EXCEEDED",
     "SAFE_METHODS",
+    "WRITE_STALLED",
     "CancelOnDisconnectMixin",
     "CancelPolicy",
     "CancelReason",
@@ -136,6 +137,12 @@ CLIENT_LEFT = CancelReason(CLIENT_CLOSED_REQUEST, "CLIENT_CLOSED_REQUEST", "Clie
 #: The request's deadline passed (gRPC's name for it): 504 to a client still there.
 DEADLINE_EXCEEDED = CancelReason(
     504, "DEADLINE_EXCEEDED", "The request took longer than its deadline"
+)
+
+#: The client stopped reading: no byte of a pending write went out for
+#: ``write_timeout`` seconds. Ended like a departure: nothing more sent, 499.
+WRITE_STALLED = CancelReason(
+    CLIENT_CLOSED_REQUEST, "WRITE_STALLED", "The client stopped reading the response"
 )
 
 # An inbound deadline header carries whole milliseconds; more than ten digits
@@ -529,6 +536,12 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
         super()._jsonservlet_on_client_left(scope)
         self.cancel_request(CLIENT_LEFT)
 
+    def _jsonservlet_write_stalled(self, idle: float) -> None:
+        # The reason first (the first one wins), so the departure recorded next
+        # by the safe-output layer is cancelled as a stall, not as CLIENT_LEFT.
+        self.cancel_request(WRITE_STALLED)
+        super()._jsonservlet_write_stalled(idle)
+
     def _jsonservlet_verb_function(self) -> Any:
         """The function that serves this request's method; it may carry a mark."""
         return getattr(type(self), (self.request.method or "").lower(), None)
@@ -567,7 +580,8 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
     def _jsonservlet_end_cancelled(self) -> None:
         """The one place that decides how a cancelled request ends.
 
-        * its client left: nothing is sent, 499 in the access log;
+        * its client left, or stopped reading (:data:`WRITE_STALLED`): nothing
+          is sent, 499 in the access log;
         * part of the response is out: the connection is cut (an error cannot
           follow a body, and a clean end would pass a truncated body as whole);
         * otherwise: the reason's error response (504 for a deadline, 503 for a
@@ -584,7 +598,9 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
         task = scope.task
         if task is not None and not task.done() and task is not asyncio.current_task():
             scope.ended_early = True  # the task goes on for a while: keep it quiet
-        if reason is CLIENT_LEFT or scope.client_gone:
+        if reason is CLIENT_LEFT or reason is WRITE_STALLED or scope.client_gone:
+            # A stalled client is a departure the server decided: nothing more
+            # can reach it, so it ends like one (nothing sent, 499).
             self.finish()
         elif tornado_internals.headers_sent(self):
             self.set_status(reason.status)
