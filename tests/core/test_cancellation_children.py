@@ -19,6 +19,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 from tests.support import Probe, ProbeHandler, access_statuses, settle, wait_until
 from tornado_jsonservlet import DEADLINE_EXCEEDED, cancellable
+from tornado_jsonservlet.outbound import CancellableHTTPClient
 from tornado_jsonservlet.testing import RawHTTPConnection
 
 pytestmark = pytest.mark.gen_test
@@ -74,10 +75,36 @@ class Children(ProbeHandler):
         self.write({"results": results})
 
 
+class SlowUpstream(tornado.web.RequestHandler):
+    async def post(self) -> None:
+        await asyncio.sleep(WORK)  # the upstream's own work
+        self.write({"upstream": self.request.headers.get(HEADER, "none")})
+
+
+class CallsUpstream(ProbeHandler):
+    """An uncancellable POST whose work includes an outbound call."""
+
+    async def post(self) -> None:
+        client = CancellableHTTPClient(force_instance=True)
+        try:
+            port = self.request.host.rsplit(":", 1)[1]
+            upstream = await client.fetch(
+                f"http://127.0.0.1:{port}/upstream", method="POST", body=b""
+            )
+        finally:
+            client.close()
+        self.write(upstream.body)
+
+
 @pytest.fixture
 def app(probe: Probe) -> tornado.web.Application:
     return tornado.web.Application(
-        [("/children", Children, {"probe": probe})], accept_deadline_header=True
+        [
+            ("/children", Children, {"probe": probe}),
+            ("/calls-upstream", CallsUpstream, {"probe": probe}),
+            ("/upstream", SlowUpstream),
+        ],
+        accept_deadline_header=True,
     )
 
 
@@ -130,3 +157,18 @@ async def test_a_deadline_still_cancels_a_cancellable_request_with_its_children(
     await wait_until(lambda: "spawned-cancelled" in probe.events, what="the child cancelled")
     assert "completed" not in probe.events
     assert access_statuses(caplog) == [504]
+
+
+async def test_an_uncancellable_posts_outbound_call_is_not_cut_by_its_deadline(port, probe, caplog):
+    # The deadline does not cap the outbound call of a request that will not be
+    # cancelled (capped, it would time out mid-way and the POST would fail half
+    # done), nor is it passed on to the upstream as a deadline it should keep.
+    response = await AsyncHTTPClient().fetch(
+        f"http://127.0.0.1:{port}/calls-upstream",
+        method="POST",
+        body=b"",
+        headers={HEADER: "50"},
+        raise_error=False,
+    )
+    assert response.code == 200, response.body
+    assert json.loads(response.body) == {"upstream": "none"}

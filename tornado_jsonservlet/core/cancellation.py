@@ -37,8 +37,11 @@ milliseconds its caller sent in the ``deadline_header`` setting's header (defaul
 For an *uncancellable* request (a POST that did not opt in, say), a deadline
 means what a disconnect means: the request runs to completion, its children
 included, and the client gets its normal answer; ``cancel_reason`` says the
-deadline passed. Not a 504 after the fact: the work was done, and a client told
-"deadline exceeded" would retry a mutation that succeeded.
+deadline passed. Its work is not told about the deadline either (the context's
+``deadline_remaining()`` is None there, outbound calls are not capped and carry
+no deadline header), since it would not be kept. Not a 504 after the fact: the
+work was done, and a client told "deadline exceeded" would retry a mutation that
+succeeded.
 
 Only cancellations the toolkit started are absorbed. Any other one (server
 shutdown by the application, a test's teardown, ``task.cancel()`` by application
@@ -669,7 +672,12 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
         # The context is the request task's own copy: everything the request
         # starts from here (child tasks, threads, outbound calls) sees it.
         scope.deadline_at = context.loop_time() + seconds
-        context.request_deadline.set(scope.deadline_at)
+        if self._jsonservlet_may_cancel_task():
+            # Only work that the deadline will cancel is told about it. An
+            # uncancellable request runs to completion: capping its outbound
+            # calls (or telling upstreams to give up) would cut it in half all
+            # the same. Its handler still sees deadline_remaining().
+            context.request_deadline.set(scope.deadline_at)
         header = self.settings.get("deadline_header")
         if header:
             context.deadline_header.set(header)
