@@ -30,6 +30,7 @@ from tests.support import (
 from tornado_jsonservlet import (
     WRITE_STALLED,
     EventStreamMixin,
+    InMemoryBroadcaster,
     JsonLinesMixin,
     JsonResponseMixin,
     uncancellable,
@@ -101,6 +102,21 @@ class Events(EventStreamMixin, ProbeHandler):
             raise
 
 
+class Relayed(EventStreamMixin, ProbeHandler):
+    """Events written from inside publish(); the handler only awaits its subscription."""
+
+    write_timeout = 0.3
+    max_buffered_bytes = 64 * 1024 * 1024  # the bound that never trips here
+
+    def initialize(self, probe: Probe, broadcaster: InMemoryBroadcaster) -> None:  # type: ignore[override]
+        super().initialize(probe)
+        self.broadcaster = broadcaster
+
+    async def get(self) -> None:
+        async with self.broadcaster.subscribe("news") as messages:
+            await self.relay_events(messages)
+
+
 class Lines(JsonLinesMixin, ProbeHandler):
     write_timeout = 0.3
 
@@ -149,9 +165,15 @@ def app(probe: Probe) -> tornado.web.Application:
         ("/json-short", ShortBigJson),
     ]
     return tornado.web.Application(
-        [(path, handler, {"probe": probe}) for path, handler in routes],
+        [
+            *[(path, handler, {"probe": probe}) for path, handler in routes],
+            ("/relayed", Relayed, {"probe": probe, "broadcaster": BROADCASTER}),
+        ],
         write_timeout=0.4,
     )
+
+
+BROADCASTER = InMemoryBroadcaster()
 
 
 def stalled_client(port: int, method: str, path: str, window: int = 4096) -> socket.socket:
@@ -226,6 +248,20 @@ async def test_sse_stream_to_a_client_that_stops_reading_ends_as_499(port, probe
     sock = stalled_client(port, "GET", "/events")
     try:
         await assert_ended_as_stall(probe, caplog, cancelled=True)
+    finally:
+        sock.close()
+
+
+async def test_relayed_events_to_a_client_that_stops_reading_end_as_499(port, probe, caplog):
+    # The producer never writes itself: it waits on its subscription while
+    # publish() writes. Only the write's lack of progress can end it.
+    sock = stalled_client(port, "GET", "/relayed")
+    try:
+        await wait_until(lambda: BROADCASTER.subscriber_count("news") == 1, what="subscribed")
+        for _ in range(100):  # 6 MB: more than the kernel buffers, far below the bound
+            await BROADCASTER.publish("news", "v" * 60000)
+        await assert_ended_as_stall(probe, caplog, cancelled=False)
+        assert BROADCASTER.subscriber_count("news") == 0
     finally:
         sock.close()
 

@@ -355,10 +355,14 @@ class StreamingResponseMixin(CancelOnDisconnectMixin):
             self.max_buffered_bytes,
             tornado_internals.request_summary(self),
         )
+        # A departure the server decided, recorded as both: the client is gone
+        # for everything downstream (its output, its hooks, its 499), and the
+        # close that follows is the toolkit's, not the client's (as for a write
+        # that stalls for write_timeout).
+        self._jsonservlet_client_left()
+        scope_of(self).closed_by_server = True
         stream = getattr(self.request.connection, "stream", None)
         if stream is not None:
-            # The close reaches the handler through the connection's close
-            # callback and the failed writes: a disconnect like any other.
             stream.close()
 
     async def _jsonservlet_wait_until_dropped(self) -> NoReturn:
