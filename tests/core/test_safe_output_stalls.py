@@ -36,6 +36,7 @@ from tornado_jsonservlet import (
     uncancellable,
 )
 from tornado_jsonservlet.core.safe_output import DEFAULT_WRITE_TIMEOUT, SafeWriteMixin
+from tornado_jsonservlet.core.scope import scope_of
 
 pytestmark = pytest.mark.gen_test
 
@@ -74,6 +75,11 @@ class WriterBase(ProbeHandler):
             raise
         finally:
             self.probe.values["reason"] = self.cancel_reason
+
+    def on_finish(self) -> None:
+        scope = scope_of(self)
+        self.probe.values["gone, closed by server"] = (scope.client_gone, scope.closed_by_server)
+        super().on_finish()
 
 
 class Writer(WriterBase):
@@ -209,6 +215,8 @@ async def test_plain_flush_to_a_client_that_stops_reading_ends_as_499(port, prob
         await assert_ended_as_stall(probe, caplog, cancelled=True)
         assert probe.values["reason"] is WRITE_STALLED
         assert probe.values["sent"] < MAX_CHUNKS - 1  # it was stuck, not done
+        # A departure for everything downstream, and a close the server decided.
+        assert probe.values["gone, closed by server"] == (True, True)
     finally:
         sock.close()
 
