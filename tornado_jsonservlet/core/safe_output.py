@@ -79,10 +79,15 @@ def positive_seconds(value: object, *, allow_none: bool = True) -> bool:
 class _WriteWatch:
     """The progress of the writes pending on one response (``scope.write_watch``)."""
 
-    __slots__ = ("handle", "progress_at", "stream", "timeout", "written")
+    __slots__ = ("handle", "pending", "progress_at", "stream", "timeout", "written")
 
-    def __init__(self, stream: BaseIOStream, timeout: float, now: float) -> None:
+    def __init__(
+        self, stream: BaseIOStream, pending: asyncio.Future[None], timeout: float, now: float
+    ) -> None:
         self.stream = stream
+        #: The latest write of this response still waiting for the kernel; the
+        #: watch ends once it is done (it completes after every earlier one).
+        self.pending = pending
         self.timeout = timeout
         self.written = tornado_internals.bytes_written(stream)
         self.progress_at = now
@@ -194,7 +199,7 @@ class SafeWriteMixin(ClientConnectionMixin):
         the handler at this very ``await``.
         """
         if not sent.done():
-            self._jsonservlet_watch_writes()
+            self._jsonservlet_watch_writes(sent)
         elif not sent.cancelled():
             error = sent.exception()
             if error is None:
@@ -248,10 +253,11 @@ class SafeWriteMixin(ClientConnectionMixin):
             )
         return DEFAULT_WRITE_TIMEOUT
 
-    def _jsonservlet_watch_writes(self) -> None:
+    def _jsonservlet_watch_writes(self, pending: asyncio.Future[None]) -> None:
         """A write is pending: watch that it makes progress (one watch per response)."""
         scope = scope_of(self)
         if scope.write_watch is not None:
+            scope.write_watch.pending = pending
             return
         stream = getattr(self.request.connection, "stream", None)
         if not isinstance(stream, BaseIOStream) or stream.closed():
@@ -262,7 +268,7 @@ class SafeWriteMixin(ClientConnectionMixin):
         if timeout is None:
             return
         loop = asyncio.get_running_loop()
-        watch = scope.write_watch = _WriteWatch(stream, timeout, loop.time())
+        watch = scope.write_watch = _WriteWatch(stream, pending, timeout, loop.time())
         watch.handle = loop.call_later(timeout / _WATCH_SAMPLES, self._jsonservlet_check_writes)
 
     def _jsonservlet_check_writes(self) -> None:
@@ -272,8 +278,11 @@ class SafeWriteMixin(ClientConnectionMixin):
         if watch is None:
             return
         stream = watch.stream
-        if stream.closed() or not stream.writing():
-            scope.write_watch = None  # everything was written, or it is over anyway
+        if stream.closed() or watch.pending.done():
+            # Everything was written, or it is over anyway. (Not stream.writing():
+            # the next request of a keep-alive connection may be writing by now,
+            # and it has its own watch.)
+            scope.write_watch = None
             return
         loop = asyncio.get_running_loop()
         now = loop.time()
