@@ -33,6 +33,7 @@ from tornado_jsonservlet import (
     InMemoryBroadcaster,
     JsonLinesMixin,
     JsonResponseMixin,
+    LongPollMixin,
     uncancellable,
 )
 from tornado_jsonservlet.core.safe_output import DEFAULT_WRITE_TIMEOUT, SafeWriteMixin
@@ -159,6 +160,20 @@ class ShortBigJson(BigJson):
     write_timeout = 0.3
 
 
+class Poll(LongPollMixin, JsonResponseMixin, ProbeHandler):
+    """A long-poll whose answer (a big document) the client does not read."""
+
+    write_timeout = 0.3
+
+    async def get(self) -> None:
+        async def next_update() -> Document:
+            await asyncio.sleep(0.01)
+            return big_document(self.probe)
+
+        update = await self.long_poll(next_update(), timeout=5)
+        await self.write_json(update)
+
+
 @pytest.fixture
 def app(probe: Probe) -> tornado.web.Application:
     routes: list[Any] = [
@@ -169,6 +184,7 @@ def app(probe: Probe) -> tornado.web.Application:
         ("/lines", Lines),
         ("/json", BigJson),
         ("/json-short", ShortBigJson),
+        ("/poll", Poll),
     ]
     return tornado.web.Application(
         [
@@ -284,6 +300,14 @@ async def test_json_lines_to_a_client_that_stops_reading_ends_as_499(port, probe
 
 async def test_big_write_json_to_a_client_that_stops_reading_ends_as_499(port, probe, caplog):
     sock = stalled_client(port, "GET", "/json-short")
+    try:
+        await assert_ended_as_stall(probe, caplog, cancelled=False)
+    finally:
+        sock.close()
+
+
+async def test_a_long_poll_answer_to_a_client_that_stops_reading_ends_as_499(port, probe, caplog):
+    sock = stalled_client(port, "GET", "/poll")
     try:
         await assert_ended_as_stall(probe, caplog, cancelled=False)
     finally:
