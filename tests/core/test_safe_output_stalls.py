@@ -160,6 +160,15 @@ class ShortBigJson(BigJson):
     write_timeout = 0.3
 
 
+class FinishHuge(SafeWriteMixin, tornado.web.RequestHandler):
+    """Hands its whole answer to finish() and returns: logged at once, sent later."""
+
+    write_timeout = 0.3
+
+    def get(self) -> None:
+        self.finish(CHUNK * 300)  # 20 MB
+
+
 class Poll(LongPollMixin, JsonResponseMixin, ProbeHandler):
     """A long-poll whose answer (a big document) the client does not read."""
 
@@ -188,6 +197,7 @@ def app(probe: Probe) -> tornado.web.Application:
     ]
     return tornado.web.Application(
         [
+            ("/finish-huge", FinishHuge),
             *[(path, handler, {"probe": probe}) for path, handler in routes],
             ("/relayed", Relayed, {"probe": probe, "broadcaster": BROADCASTER}),
         ],
@@ -310,6 +320,34 @@ async def test_a_long_poll_answer_to_a_client_that_stops_reading_ends_as_499(por
     sock = stalled_client(port, "GET", "/poll")
     try:
         await assert_ended_as_stall(probe, caplog, cancelled=False)
+    finally:
+        sock.close()
+
+
+async def test_a_finished_response_whose_last_bytes_stall_is_closed_and_logged_once(port, caplog):
+    sock = stalled_client(port, "GET", "/finish-huge")
+    try:
+        await wait_until(lambda: stall_records(caplog), what="the stall noticed")
+        # The access line was written at finish(), with the status sent; the stall
+        # closes the connection without a second line.
+        assert access_statuses(caplog) == [200]
+        await nothing_happens_within(0.5, what="a second stall record or access line")
+        assert len(stall_records(caplog)) == 1
+        assert access_statuses(caplog) == [200]
+        # The connection was closed: what the kernels held, then the end, short
+        # of the 20 MB announced.
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        received = 0
+        while True:
+            try:
+                data = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 5)
+            except ConnectionResetError:
+                break
+            if not data:
+                break
+            received += len(data)
+        assert received < len(CHUNK) * 300
     finally:
         sock.close()
 
