@@ -87,6 +87,10 @@ class Writer(WriterBase):
     write_timeout = 0.3
 
 
+class SlowReaderWriter(WriterBase):
+    write_timeout = 1.0  # a margin for a loaded machine; the whole takes longer
+
+
 class PatientWriter(WriterBase):
     write_timeout = None  # the watch is off: the old behaviour, for comparison
 
@@ -187,6 +191,7 @@ class Poll(LongPollMixin, JsonResponseMixin, ProbeHandler):
 def app(probe: Probe) -> tornado.web.Application:
     routes: list[Any] = [
         ("/write", Writer),
+        ("/slow-reader", SlowReaderWriter),
         ("/patient", PatientWriter),
         ("/settings", FromSettings),
         ("/events", Events),
@@ -370,13 +375,15 @@ async def test_a_stuck_big_response_holds_its_bytes_not_its_document(port, probe
 
 
 async def test_a_slow_reader_that_keeps_reading_is_not_cut(port, probe, caplog):
-    # 300 ms without a single byte ends a response; this client takes 32 KB (its
+    # A second without a single byte ends a response; this client takes 32 KB (its
     # whole window) every 20 ms, so the writes progress, however long the whole
-    # takes (about 1.5 s).
-    chunks = 40
-    sock = stalled_client(port, "GET", f"/write?chunks={chunks}&sndbuf=65536", window=32768)
+    # takes (about 2.5 s, more than write_timeout).
+    chunks = 60
+    path = f"/slow-reader?chunks={chunks}&sndbuf=65536"
+    sock = stalled_client(port, "GET", path, window=32768)
     sock.setblocking(False)
     loop = asyncio.get_running_loop()
+    started = loop.time()
     received = 0
     try:
         while "on_finish" not in probe.events or received < chunks * len(CHUNK):
@@ -395,6 +402,7 @@ async def test_a_slow_reader_that_keeps_reading_is_not_cut(port, probe, caplog):
     assert probe.values.get("pended")  # the writes did wait for the client
     assert probe.values["status"] == 200
     assert received > chunks * len(CHUNK)
+    assert loop.time() - started > SlowReaderWriter.write_timeout  # longer than the bound
 
 
 def test_write_timeout_is_checked_at_class_definition() -> None:
