@@ -69,6 +69,11 @@ class BareBig(tornado.web.RequestHandler):
         self.write(sized(mb) if mb else BIG)
 
 
+class BareFresh(tornado.web.RequestHandler):
+    def get(self) -> None:
+        self.write(big_document(int(self.get_argument("mb", "1")) * 1_000_000))
+
+
 class Toolkit(
     CancelOnDisconnectMixin,
     JsonErrorMixin,
@@ -88,6 +93,13 @@ class ToolkitBig(Toolkit):
     async def get(self) -> None:
         mb = int(self.get_argument("mb", "0"))
         await self.write_json(sized(mb) if mb else BIG)
+
+
+class ToolkitFresh(Toolkit):
+    async def get(self) -> None:
+        # A document built for this request only, as most handlers do: once it is
+        # encoded, nothing but the response should keep it alive.
+        await self.write_json(big_document(int(self.get_argument("mb", "1")) * 1_000_000))
 
 
 #: ident -> time.monotonic() when the handler's CancelledError arrived
@@ -152,8 +164,10 @@ def make_app(kind: str) -> tornado.web.Application:
     routes: list[Any]
     if kind == "bare":
         routes = [(r"/small", BareSmall), (r"/big", BareBig), (r"/wait/(\w+)", BareWait)]
+        routes.append((r"/fresh", BareFresh))
     elif kind == "toolkit":
         routes = [(r"/small", ToolkitSmall), (r"/big", ToolkitBig), (r"/wait/(\w+)", ToolkitWait)]
+        routes.append((r"/fresh", ToolkitFresh))
     elif kind == "servlet":
         routes = servlet_routes()
     else:

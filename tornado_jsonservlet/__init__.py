@@ -24,6 +24,7 @@ from . import _moved
 from .core.cancellation import (
     CLIENT_LEFT,
     DEADLINE_EXCEEDED,
+    WRITE_STALLED,
     CancelOnDisconnectMixin,
     CancelReason,
     cancellable,
@@ -80,6 +81,7 @@ __all__ = [
     "CLIENT_LEFT",
     "DEADLINE_EXCEEDED",
     "SHUTTING_DOWN",
+    "WRITE_STALLED",
     "BadRequest",
     "BroadcastUnavailable",
     "Broadcaster",

@@ -20,11 +20,14 @@ it wraps, and why each is needed:
   :meth:`RequestLifecycle._jsonservlet_handle_exception`.
 * ``_finished``, ``_headers_written``, ``_request_summary()``, ``_reason``,
   ``_headers`` and the response buffer: read through small functions below.
-* ``_has_stream_request_body`` and ``_prepared_future``: a streamed upload whose
-  client leaves.
+* ``_has_stream_request_body``, ``request._body_future`` and ``_prepared_future``:
+  a streamed upload whose client leaves, or that is answered early.
 * ``PathMatches._find_groups()``: what tracing tools read to name a route.
 * ``SimpleAsyncHTTPClient._connection_class()``, ``_HTTPConnection`` and
   ``TCPClient._create_stream()``: an outbound request that can be aborted.
+* ``BaseIOStream._total_write_done_index``: how many bytes of a response the
+  kernel has taken, so that a write that makes no progress (a client that
+  stopped reading) can be told from a slow one.
 * asyncio's ``Task._fut_waiter`` (present in the C and Python tasks of every
   supported Python): which future a suspended task awaits, so that one request's
   cancellation does not cancel work other requests await too.
@@ -34,6 +37,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
+import sys
 from collections.abc import Awaitable
 from typing import Any, Callable, Optional
 
@@ -58,6 +63,8 @@ __all__ = [
     "TemplatePathMatches",
     "adopt_transforms",
     "awaited_future",
+    "body_still_arriving",
+    "bytes_written",
     "headers_sent",
     "is_finished",
     "reason_phrase",
@@ -80,6 +87,14 @@ CANCEL_ANSWERS_500 = TORNADO >= (6, 6)
 CANCEL_CLOSES_HANDSHAKE = TORNADO >= (6, 6)
 
 Handler = tornado.web.RequestHandler
+
+if sys.platform == "linux":
+    import fcntl
+    import termios
+
+    _TIOCOUTQ: Optional[int] = termios.TIOCOUTQ
+else:  # pragma: no cover - the kernel's queue is not looked at elsewhere
+    _TIOCOUTQ = None
 
 
 # -- the request's lifecycle ------------------------------------------------------
@@ -147,6 +162,37 @@ def release_prepare_waiters(handler: Handler) -> None:
 # -- response state ---------------------------------------------------------------
 
 
+def bytes_written(stream: Any) -> Optional[int]:
+    """Bytes of ``stream``'s output the peer has taken so far, as far as can be told.
+
+    Progress, not time, tells a slow reader from one that stopped. Tornado's count
+    of bytes handed to the kernel moves only when the kernel's send buffer has
+    room again, which with a multi-megabyte buffer can take many seconds of a
+    client that *is* reading; on Linux the bytes still queued in the kernel
+    (``TIOCOUTQ``: sent but not acknowledged, or not sent) are subtracted, so
+    the count moves with every acknowledgement. None for a stream without the
+    count (a test double).
+    """
+    count = getattr(stream, "_total_write_done_index", None)
+    if not isinstance(count, int):
+        return None
+    return count - _queued_in_kernel(stream)
+
+
+def _queued_in_kernel(stream: Any) -> int:
+    if _TIOCOUTQ is None:
+        return 0
+    sock = getattr(stream, "socket", None)
+    try:
+        fd = sock.fileno() if sock is not None else -1
+        if fd < 0:
+            return 0
+        queued = fcntl.ioctl(fd, _TIOCOUTQ, b"\0\0\0\0")
+    except (OSError, ValueError):
+        return 0
+    return int(struct.unpack("i", queued)[0])
+
+
 def is_finished(handler: Handler) -> bool:
     return handler._finished
 
@@ -208,6 +254,12 @@ class TemplatePathMatches(PathMatches):
 def streams_request_body(cls: type) -> bool:
     """Whether ``cls`` is decorated with ``@tornado.web.stream_request_body``."""
     return tornado.web._has_stream_request_body(cls)
+
+
+def body_still_arriving(request: tornado.httputil.HTTPServerRequest) -> bool:
+    """Whether a streamed request body is still being received."""
+    body: Optional[asyncio.Future[None]] = getattr(request, "_body_future", None)
+    return body is not None and not body.done()
 
 
 # -- outbound HTTP --------------------------------------------------------------------

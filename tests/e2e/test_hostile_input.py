@@ -169,6 +169,7 @@ TEMPLATES = {
     "size": "/size/{w:int}x{h:int}",
     "wiki": "/wiki/日本/{t}",
     "spaced": "/a b/{x}~{y:int}",
+    "regex": r"^/regex/(?P<v>[^/]+)$",
 }
 
 UNENCODABLE: dict[str, Any] = {
@@ -889,6 +890,16 @@ class TestConvertersGiveValidValues:
             "/api/path/%2Fetc",
             "/api/path/a%2F..%2Fb",
             "/api/path/a%0Ab",
+            # C1 controls (category Cc, U+0080-U+009F) as UTF-8: NEL, CSI, APC...
+            "/api/str/a%C2%85b",
+            "/api/str/%C2%80",
+            "/api/str/%C2%9B31m",
+            "/api/str/%c2%9f",
+            "/api/path/a/%C2%85/b",
+            "/api/pair/a%C2%85.b",
+            # a raw-regex pattern's values get the same check
+            "/api/regex/a%00b",
+            "/api/regex/a%C2%85b",
             "/api/uuid/6f1c6a4e-8d6b-4c59-9c41-1d0f6e1f2a3",
         ],
     )
@@ -905,6 +916,10 @@ class TestConvertersGiveValidValues:
             ("/api/float/-0.25", {"v": ["float", "-0.25"]}),
             ("/api/str/..a", {"v": ["str", "..a"]}),
             ("/api/str/caf%c3%a9", {"v": ["str", "café"]}),
+            # U+00A0 and U+00FF are not controls: only U+0080-U+009F are refused
+            ("/api/str/a%C2%A0b", {"v": ["str", "a\u00a0b"]}),
+            ("/api/str/%C3%BF", {"v": ["str", "\u00ff"]}),
+            ("/api/regex/plain", {"v": ["str", "plain"]}),
             ("/api/path/a/..b/c", {"v": ["str", "a/..b/c"]}),
         ],
     )

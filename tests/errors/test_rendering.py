@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import html.parser
 import json
 import logging
 from typing import Any, Optional
@@ -40,6 +41,8 @@ from tornado_jsonservlet.testing import RawHTTPConnection
 pytestmark = pytest.mark.gen_test
 
 XSS = "<script>alert('x')</script>"
+#: Breaks out of an unquoted attribute unless spaces, = and ` are encoded too.
+ATTRIBUTE_XSS = "x onmouseover=alert(1) autofocus\tonfocus=`a`\nstyle=x/><b>bold</b>&amp;'\""
 #: Where the error mixins log: where Tornado itself logs HTTP errors and uncaught exceptions.
 ERROR_LOGGERS = ("tornado.general", "tornado.application")
 
@@ -64,6 +67,7 @@ ERROR_CASES: dict[str, tuple[Any, int, str]] = {
     "http": (lambda: tornado.web.HTTPError(404, "secret %s", "internal-detail"), 404, "NOT_FOUND"),
     "http-reason": (lambda: tornado.web.HTTPError(400, reason="Missing name"), 400, "BAD_REQUEST"),
     "xss": (lambda: BadRequest(XSS), 400, "BAD_REQUEST"),
+    "attr": (lambda: BadRequest(ATTRIBUTE_XSS), 400, "BAD_REQUEST"),
 }
 
 
@@ -155,6 +159,19 @@ class JinjaTemplateRaiser(HtmlErrorMixin, _Raiser):
     error_template = jinja2.Template("<b>{{ code }} {{ msg }}</b>")
 
 
+# Every context the README allows: text, double-, single- and unquoted attributes.
+CONTEXTS = "<p class={msg} title='{msg}' data-x=\"{msg}\">{msg}</p>"
+
+
+class AttributeFormatRaiser(HtmlErrorMixin, _Raiser):
+    error_template = CONTEXTS
+
+
+class AttributeJinjaRaiser(HtmlErrorMixin, _Raiser):
+    # Without autoescape, and with the value in an unquoted attribute.
+    error_template = jinja2.Template(CONTEXTS.replace("{msg}", "{{ msg }}"))
+
+
 class NamedTemplateRaiser(HtmlErrorMixin, _Raiser):
     error_template = "custom_error.html"
 
@@ -215,6 +232,8 @@ def app(probe: Probe, template_dir: str, request: pytest.FixtureRequest) -> torn
             (r"/fmt/(.*)", FormatTemplateRaiser),
             (r"/jinja/(.*)", JinjaTemplateRaiser),
             (r"/named/(.*)", NamedTemplateRaiser),
+            (r"/attr-fmt/(.*)", AttributeFormatRaiser),
+            (r"/attr-jinja/(.*)", AttributeJinjaRaiser),
             (r"/neg/(.*)", NegotiatedRaiser),
             (r"/cors/(.*)", CorsRaiser),
             (r"/cors-ok", CorsOk),
@@ -499,6 +518,35 @@ async def test_custom_templates_still_escape(http_client, base_url, prefix):
     assert "&lt;script&gt;" in text
     expected_wrapper = {"fmt": "<p>400|", "jinja": "<b>400 ", "named": "<i>custom 400 "}[prefix]
     assert expected_wrapper in text
+
+
+class _Tags(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, list[tuple[str, Optional[str]]]]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, Optional[str]]]) -> None:
+        self.tags.append((tag, attrs))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+@pytest.mark.parametrize("prefix", ["attr-fmt", "attr-jinja"])
+async def test_values_stay_values_in_every_allowed_context(http_client, base_url, prefix):
+    # The value, placed in text and in double-quoted, single-quoted and unquoted
+    # attributes, comes back from an HTML parser as exactly that value: no
+    # attribute added, no element opened.
+    response = await fetch(http_client, f"{base_url}/{prefix}/attr")
+    assert response.code == 400
+    parser = _Tags()
+    parser.feed(response.body.decode())
+    parser.close()
+    assert parser.tags == [
+        ("p", [("class", ATTRIBUTE_XSS), ("title", ATTRIBUTE_XSS), ("data-x", ATTRIBUTE_XSS)])
+    ]
+    assert "".join(parser.text) == ATTRIBUTE_XSS
 
 
 @pytest.mark.allow_error_log(r"Uncaught exception GET /html/bug", r"^500 GET /html/bug")

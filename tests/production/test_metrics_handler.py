@@ -68,6 +68,29 @@ class TestOneProcess:
         assert response.headers["Content-Type"].startswith("application/openmetrics-text")
         assert response.body.rstrip().endswith(b"# EOF")
 
+    @pytest.mark.parametrize(
+        "accept",
+        [
+            "application/openmetrics-text; version=abc",  # prometheus-client: TypeError
+            "application/openmetrics-text; version=1.0.0; escaping=bogus",
+            "application/openmetrics-text; version=",
+            "application/openmetrics-text; version=99999999999999999999",
+            "text/plain; version=x; escaping=",
+            "*/*;q=nope",
+            "application/openmetrics-text; " + "version=1;" * 6000,  # 60 KB
+            "t\u00e9xt/pl\u00e4in; v\u00e9rsion=\u00e9",
+        ],
+    )
+    async def test_any_accept_header_gets_an_answer(self, http_client, base_url, accept):
+        # Never a 500: an Accept that prometheus-client cannot handle gets the text format.
+        response = await http_client.fetch(
+            f"{base_url}/metrics", headers={"Accept": accept}, raise_error=False
+        )
+        assert response.code == 200, response.body
+        assert response.headers["Content-Type"].startswith(
+            ("text/plain", "application/openmetrics-text")
+        )
+
 
 def test_a_multiprocess_dir_that_is_not_a_directory_fails_at_startup(monkeypatch, tmp_path):
     monkeypatch.setenv(MULTIPROC_DIR_ENV, str(tmp_path / "missing"))

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any, Optional
 import tornado.web
 
 from tornado_jsonservlet import (
+    WRITE_STALLED,
     CancelOnDisconnectMixin,
+    CancelReason,
     HtmlServlet,
     InMemoryMetrics,
     JsonErrorMixin,
@@ -60,6 +62,19 @@ class HelloPage(HtmlServlet):
 class HomeHandler(CancelOnDisconnectMixin, tornado.web.RequestHandler):
     async def get(self) -> None:
         self.write("home")
+
+
+class PatientHandler(CancelOnDisconnectMixin, tornado.web.RequestHandler):
+    write_timeout = 120.0  # seconds a pending write may make no progress
+
+    async def get(self) -> None:
+        reason: Optional[CancelReason] = self.cancel_reason
+        if reason is WRITE_STALLED:
+            return
+
+
+class NeverGivesUp(CancelOnDisconnectMixin, tornado.web.RequestHandler):
+    write_timeout = None
 
 
 registry = ServletRegistry(metrics=InMemoryMetrics())

@@ -6,8 +6,10 @@ A request is *cancelled* for a :class:`CancelReason`: its client left
 (:data:`CLIENT_LEFT`, the common case), its deadline passed, or the server is
 shutting down. Whatever the reason, the same things happen:
 
-1. the timers (``call_later``) and child tasks (``spawn``) owned by the request
-   are cancelled: they exist for this response only;
+1. if the request is cancellable, the timers (``call_later``) and child tasks
+   (``spawn``) it owns are cancelled: they exist for this response only. An
+   uncancellable request keeps them until it finishes: cancelling the child it
+   awaits would cut it in half as surely as cancelling the request;
 2. if the request is *cancellable* (see the policy below), its task is cancelled:
    ``asyncio.CancelledError`` is raised at the ``await`` where ``prepare()`` or
    the HTTP-verb method is suspended, so ``finally`` blocks and ``async with``
@@ -31,6 +33,15 @@ timeouts and tells upstreams) how long is left. With the application setting
 milliseconds its caller sent in the ``deadline_header`` setting's header (default
 ``X-Envoy-Expected-Rq-Timeout-Ms``, as Envoy sends it). A deadline costs one
 ``call_later``; no deadline costs nothing.
+
+For an *uncancellable* request (a POST that did not opt in, say), a deadline
+means what a disconnect means: the request runs to completion, its children
+included, and the client gets its normal answer; ``cancel_reason`` says the
+deadline passed. Its work is not told about the deadline either (the context's
+``deadline_remaining()`` is None there, outbound calls are not capped and carry
+no deadline header), since it would not be kept. Not a 504 after the fact: the
+work was done, and a client told "deadline exceeded" would retry a mutation that
+succeeded.
 
 Only cancellations the toolkit started are absorbed. Any other one (server
 shutdown by the application, a test's teardown, ``task.cancel()`` by application
@@ -90,6 +101,7 @@ __all__ = [
     "CLIENT_LEFT",
     "DEADLINE_EXCEEDED",
     "SAFE_METHODS",
+    "WRITE_STALLED",
     "CancelOnDisconnectMixin",
     "CancelPolicy",
     "CancelReason",
@@ -136,6 +148,12 @@ CLIENT_LEFT = CancelReason(CLIENT_CLOSED_REQUEST, "CLIENT_CLOSED_REQUEST", "Clie
 #: The request's deadline passed (gRPC's name for it): 504 to a client still there.
 DEADLINE_EXCEEDED = CancelReason(
     504, "DEADLINE_EXCEEDED", "The request took longer than its deadline"
+)
+
+#: The client stopped reading: no byte of a pending write went out for
+#: ``write_timeout`` seconds. Ended like a departure: nothing more sent, 499.
+WRITE_STALLED = CancelReason(
+    CLIENT_CLOSED_REQUEST, "WRITE_STALLED", "The client stopped reading the response"
 )
 
 # An inbound deadline header carries whole milliseconds; more than ten digits
@@ -380,11 +398,12 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
         """Schedule ``callback(*args)`` after ``delay`` seconds, for this request only.
 
         The timer is cancelled if the request is cancelled (its client left, say)
-        or finishes first. The returned handle can be cancelled earlier as usual.
+        or finishes first; an uncancellable request keeps it until it finishes.
+        The returned handle can be cancelled earlier as usual.
         """
         loop = asyncio.get_running_loop()
         scope = scope_of(self)
-        if scope.reason is not None or tornado_internals.is_finished(self):
+        if self._jsonservlet_work_is_over(scope):
             handle = loop.call_later(delay, callback, *args)
             handle.cancel()
             return handle
@@ -400,7 +419,9 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
     def spawn(self, coro: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
         """Run ``coro`` as a child task owned by this request.
 
-        The child is cancelled when the request is cancelled or finishes. Await the
+        The child follows the request's policy: it is cancelled when the request
+        is cancelled (a cancellable one; an uncancellable request keeps its
+        children running, since they are part of its work) or finishes. Await the
         returned task to use its result or handle its exception. An exception
         nobody retrieves is reported by asyncio, once, when the task is garbage
         collected ("Task exception was never retrieved"); one that the handler
@@ -408,7 +429,7 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
         """
         task = asyncio.ensure_future(coro)
         scope = scope_of(self)
-        if scope.reason is not None or tornado_internals.is_finished(self):
+        if self._jsonservlet_work_is_over(scope):
             task.cancel()
         else:
             scope.own(task)
@@ -444,7 +465,11 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
         if scope.reason is not None or tornado_internals.is_finished(self):
             return
         scope.reason = reason
-        scope.release_owned()
+        if self._jsonservlet_may_cancel_task():
+            # The children go with the request. An uncancellable request keeps
+            # them: cancelling the child it awaits would cut it in half just the
+            # same (and answer 500); they end with the request, at finish.
+            scope.release_owned()
         self._jsonservlet_deliver()
 
     # -- Tornado hooks (through the adapter) --------------------------------------
@@ -529,9 +554,24 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
     def _jsonservlet_on_client_left(self, scope: RequestScope) -> None:
         # Release first, so disconnect hooks already see a quiet request; then the
         # hooks and callbacks; then the cancellation, delivered at the next await.
-        scope.release_owned()
+        # An uncancellable request keeps its children: they are part of its work.
+        if self._jsonservlet_may_cancel_task():
+            scope.release_owned()
         super()._jsonservlet_on_client_left(scope)
         self.cancel_request(CLIENT_LEFT)
+
+    def _jsonservlet_write_stalled(self, idle: float) -> None:
+        # The reason first (the first one wins), so the departure recorded next
+        # by the safe-output layer is cancelled as a stall, not as CLIENT_LEFT.
+        self.cancel_request(WRITE_STALLED)
+        super()._jsonservlet_write_stalled(idle)
+
+    def _jsonservlet_work_is_over(self, scope: RequestScope) -> bool:
+        """Whether new child work would be cancelled at once: the request finished,
+        or it is being cancelled and its policy lets its work be cancelled."""
+        if tornado_internals.is_finished(self):
+            return True
+        return scope.reason is not None and self._jsonservlet_may_cancel_task()
 
     def _jsonservlet_verb_function(self) -> Any:
         """The function that serves this request's method; it may carry a mark."""
@@ -571,7 +611,8 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
     def _jsonservlet_end_cancelled(self) -> None:
         """The one place that decides how a cancelled request ends.
 
-        * its client left: nothing is sent, 499 in the access log;
+        * its client left, or stopped reading (:data:`WRITE_STALLED`): nothing
+          is sent, 499 in the access log;
         * part of the response is out: the connection is cut (an error cannot
           follow a body, and a clean end would pass a truncated body as whole);
         * otherwise: the reason's error response (504 for a deadline, 503 for a
@@ -588,7 +629,9 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
         task = scope.task
         if task is not None and not task.done() and task is not asyncio.current_task():
             scope.ended_early = True  # the task goes on for a while: keep it quiet
-        if reason is CLIENT_LEFT or scope.client_gone:
+        if reason is CLIENT_LEFT or reason is WRITE_STALLED or scope.client_gone:
+            # A stalled client is a departure the server decided: nothing more
+            # can reach it, so it ends like one (nothing sent, 499).
             self.finish()
         elif tornado_internals.headers_sent(self):
             self.set_status(reason.status)
@@ -633,7 +676,12 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
         # The context is the request task's own copy: everything the request
         # starts from here (child tasks, threads, outbound calls) sees it.
         scope.deadline_at = context.loop_time() + seconds
-        context.request_deadline.set(scope.deadline_at)
+        if self._jsonservlet_may_cancel_task():
+            # Only work that the deadline will cancel is told about it. An
+            # uncancellable request runs to completion: capping its outbound
+            # calls (or telling upstreams to give up) would cut it in half all
+            # the same. Its handler still sees deadline_remaining().
+            context.request_deadline.set(scope.deadline_at)
         header = self.settings.get("deadline_header")
         if header:
             context.deadline_header.set(header)

@@ -25,11 +25,14 @@ matters.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from collections.abc import Awaitable
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import tornado.httputil
 import tornado.web
+from tornado.iostream import IOStream
 from tornado.log import app_log
 
 from tornado_jsonservlet import tornado_adapter as tornado_internals
@@ -166,7 +169,24 @@ class ClientConnectionMixin(tornado_internals.RequestLifecycle):
         """
         scope = scope_of(self)
         if not scope.client_gone:
-            return super().finish(chunk)
+            if tornado_internals.is_finished(self) or not tornado_internals.body_still_arriving(
+                self.request
+            ):
+                return super().finish(chunk)
+            # An early answer (a 413 before the upload is read): Tornado closes the
+            # connection once it is written, with the rest of the upload unread,
+            # and the kernel then resets the connection. Keep it open long enough
+            # to discard what is still coming, so the client gets the answer.
+            drain = _InputDrain.take(self)
+            try:
+                sent = super().finish(chunk)
+            except BaseException:
+                if drain is not None:
+                    drain.close()
+                raise
+            if drain is not None:
+                sent.add_done_callback(drain.start)
+            return sent
         if not tornado_internals.is_finished(self):
             self.clear()
             self.set_status(CLIENT_CLOSED_REQUEST, CLIENT_CLOSED_REASON)
@@ -238,6 +258,96 @@ class ClientConnectionMixin(tornado_internals.RequestLifecycle):
         callbacks, scope.disconnect_callbacks = scope.disconnect_callbacks, None
         for callback, args in callbacks or ():
             _run_disconnect_callback(callback, args)
+
+
+#: How much of an unread upload is discarded, at most, after an early answer
+#: before the connection is closed anyway (the client then sees a reset).
+DISCARD_MAX_BYTES = 8 * 1024 * 1024
+#: ... and for how long at most, whatever the client's pace.
+DISCARD_MAX_SECONDS = 5.0
+
+
+# The drains in progress; a drain lasts at most DISCARD_MAX_SECONDS.
+_open_drains: set[_InputDrain] = set()
+
+
+def discarding_connections() -> int:
+    """How many connections are discarding the rest of an upload after an early answer."""
+    return len(_open_drains)
+
+
+class _InputDrain:
+    """Discards the rest of an upload after an early answer, then closes.
+
+    Closing a socket whose receive buffer holds unread data makes the kernel
+    send a reset instead of a FIN; a client still sending its body then gets
+    "connection reset" from ``send`` and, in most HTTP clients, never reads the
+    answer that is waiting for it. nginx's *lingering close* is the model: send
+    the answer, close the sending half, read and drop what the client still
+    sends, for a bounded time and size, then close.
+
+    It works beside Tornado, not inside it: a duplicate of the socket's
+    descriptor keeps the connection open when Tornado closes its own (right
+    after the answer is written), and the discarding happens on the duplicate.
+    """
+
+    __slots__ = ("discarded", "loop", "sock", "timer")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.loop = asyncio.get_running_loop()
+        self.discarded = 0
+        self.timer: Optional[asyncio.TimerHandle] = None
+        _open_drains.add(self)
+
+    @classmethod
+    def take(cls, handler: tornado.web.RequestHandler) -> Optional[_InputDrain]:
+        stream = getattr(handler.request.connection, "stream", None)
+        # A plain TCP stream only: under TLS the discarded bytes are records,
+        # and the close needs the TLS layer's own goodbye.
+        if type(stream) is not IOStream or stream.closed():
+            return None
+        try:
+            duplicate = stream.socket.dup()
+            duplicate.setblocking(False)
+        except OSError:
+            return None
+        return cls(duplicate)
+
+    def start(self, sent: asyncio.Future[None]) -> None:
+        """The answer was handed to the kernel (or failed): close our half, then discard."""
+        if sent.cancelled() or sent.exception() is not None:
+            self.close()
+            return
+        try:
+            self.sock.shutdown(socket.SHUT_WR)  # a FIN after the answer
+            self.loop.add_reader(self.sock.fileno(), self._discard)
+        except (OSError, ValueError):
+            self.close()
+            return
+        self.timer = self.loop.call_later(DISCARD_MAX_SECONDS, self.close)
+
+    def _discard(self) -> None:
+        try:
+            data = self.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        self.discarded += len(data)
+        if not data or self.discarded >= DISCARD_MAX_BYTES:
+            self.close()
+
+    def close(self) -> None:
+        _open_drains.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.sock.fileno() >= 0:
+            with contextlib.suppress(OSError, ValueError):
+                self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
 
 
 def completed() -> asyncio.Future[None]:

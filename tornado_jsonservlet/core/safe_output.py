@@ -10,25 +10,88 @@ received.
 gone, records the request once as 499, and otherwise behaves exactly like Tornado:
 ``write()`` after ``finish()`` still raises ``RuntimeError`` while the client is
 connected, because that is a programming error, not a network event.
+
+Writes that make no progress
+----------------------------
+A client that stops reading without closing (a frozen process, a tab in the
+background, an attacker) fills its receive window, then the server's send
+buffer; from then on every ``flush()`` stays pending, and the response, with
+everything it holds, stays in memory for as long as the client likes. So each
+pending write is watched: if the kernel takes *no byte at all* of it for
+``write_timeout`` seconds (the class attribute, or the application setting of
+the same name, the class winning; 30 s by default; ``None`` turns the watch
+off), the toolkit gives up on the client. A slow reader that takes a few bytes
+now and then is never cut: the watch measures progress, not the total time.
+
+Giving up is a disconnect the server decided: the request is treated as one
+whose client left (its output becomes no-ops, disconnect hooks and callbacks
+run, a cancellable request is cancelled with
+:data:`~tornado_jsonservlet.core.cancellation.WRITE_STALLED`, and the access log
+records 499, once), and the scope records ``closed_by_server`` so that the
+close which follows is not mistaken for anything else. The stall itself is
+logged at INFO on ``tornado.application``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import weakref
 from types import TracebackType
-from typing import Any, Optional, Union
+from typing import Any, ClassVar, Optional, Union
 
 import tornado.httputil
 import tornado.web
-from tornado.iostream import StreamClosedError
+from tornado.iostream import BaseIOStream, StreamClosedError
+from tornado.log import app_log
 
 from tornado_jsonservlet import tornado_adapter as tornado_internals
 from tornado_jsonservlet.core.connection import ClientConnectionMixin, completed
 from tornado_jsonservlet.core.scope import scope_of
 
-__all__ = ["SafeWriteMixin"]
+__all__ = ["DEFAULT_WRITE_TIMEOUT", "SafeWriteMixin", "positive_seconds"]
 
 _Chunk = Union[str, bytes, dict[str, Any]]
+
+#: Seconds a pending write may make no progress before the client is given up.
+DEFAULT_WRITE_TIMEOUT = 30.0
+# How often, per write_timeout, a pending write's progress is sampled: a stall
+# is detected between write_timeout and 1.25 x write_timeout after the last byte.
+_WATCH_SAMPLES = 4
+
+# Classes that set write_timeout themselves (it then wins over the setting).
+_classes_with_write_timeout: weakref.WeakSet[type] = weakref.WeakSet()
+_reported_bad_settings: set[int] = set()
+
+
+def positive_seconds(value: object, *, allow_none: bool = True) -> bool:
+    """Whether ``value`` is a positive finite number of seconds (or None, if allowed)."""
+    if value is None:
+        return allow_none
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
+class _WriteWatch:
+    """The progress of the writes pending on one response (``scope.write_watch``)."""
+
+    __slots__ = ("handle", "pending", "progress_at", "stream", "timeout", "written")
+
+    def __init__(
+        self, stream: BaseIOStream, pending: asyncio.Future[None], timeout: float, now: float
+    ) -> None:
+        self.stream = stream
+        #: The latest write of this response still waiting for the kernel; the
+        #: watch ends once it is done (it completes after every earlier one).
+        self.pending = pending
+        self.timeout = timeout
+        self.written = tornado_internals.bytes_written(stream)
+        self.progress_at = now
+        self.handle: Optional[asyncio.TimerHandle] = None
 
 
 class SafeWriteMixin(ClientConnectionMixin):
@@ -39,7 +102,28 @@ class SafeWriteMixin(ClientConnectionMixin):
     included), and logged with status 499. A ``StreamClosedError`` from a write in
     flight marks the client as gone instead of escaping, and it is never logged
     as an uncaught exception.
+
+    A pending write that makes no progress for ``write_timeout`` seconds ends
+    the request as a disconnect; see the module documentation.
     """
+
+    #: Seconds a pending write may make no progress before the client is given
+    #: up (None: never). Set here, it wins over the application setting.
+    write_timeout: ClassVar[Optional[float]] = DEFAULT_WRITE_TIMEOUT
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "write_timeout" in cls.__dict__ and not positive_seconds(cls.write_timeout):
+            raise ValueError(
+                f"{cls.__name__}.write_timeout must be None or a positive number "
+                f"of seconds, not {cls.write_timeout!r}"
+            )
+        if any(
+            "write_timeout" in klass.__dict__
+            for klass in cls.__mro__[:-1]
+            if klass is not SafeWriteMixin
+        ):
+            _classes_with_write_timeout.add(cls)
 
     def write(self, chunk: _Chunk) -> None:
         scope = scope_of(self)
@@ -114,7 +198,9 @@ class SafeWriteMixin(ClientConnectionMixin):
         first. The relay records it, which also lets the cancellation layer cancel
         the handler at this very ``await``.
         """
-        if sent.done() and not sent.cancelled():
+        if not sent.done():
+            self._jsonservlet_watch_writes(sent)
+        elif not sent.cancelled():
             error = sent.exception()
             if error is None:
                 return sent
@@ -142,3 +228,93 @@ class SafeWriteMixin(ClientConnectionMixin):
 
         sent.add_done_callback(relay)
         return relayed
+
+    # -- the write progress watch ------------------------------------------------
+
+    def _jsonservlet_write_timeout(self) -> Optional[float]:
+        """This response's ``write_timeout``: the class's, else the setting's, else 30 s."""
+        if type(self) in _classes_with_write_timeout:
+            return self.write_timeout
+        settings = self.settings
+        if "write_timeout" not in settings:
+            return DEFAULT_WRITE_TIMEOUT
+        seconds = settings["write_timeout"]
+        if positive_seconds(seconds):
+            return seconds  # type: ignore[no-any-return]
+        # Tornado offers no hook at Application creation: say it once, loudly, and
+        # keep the default rather than serve without any bound.
+        if id(settings) not in _reported_bad_settings:
+            _reported_bad_settings.add(id(settings))
+            app_log.error(
+                "Ignoring the write_timeout setting %r: it must be None or a positive "
+                "number of seconds; using %s",
+                seconds,
+                DEFAULT_WRITE_TIMEOUT,
+            )
+        return DEFAULT_WRITE_TIMEOUT
+
+    def _jsonservlet_watch_writes(self, pending: asyncio.Future[None]) -> None:
+        """A write is pending: watch that it makes progress (one watch per response)."""
+        scope = scope_of(self)
+        if scope.write_watch is not None:
+            scope.write_watch.pending = pending
+            return
+        stream = getattr(self.request.connection, "stream", None)
+        if not isinstance(stream, BaseIOStream) or stream.closed():
+            return
+        if tornado_internals.bytes_written(stream) is None:
+            return
+        timeout = self._jsonservlet_write_timeout()
+        if timeout is None:
+            return
+        loop = asyncio.get_running_loop()
+        watch = scope.write_watch = _WriteWatch(stream, pending, timeout, loop.time())
+        watch.handle = loop.call_later(timeout / _WATCH_SAMPLES, self._jsonservlet_check_writes)
+
+    def _jsonservlet_check_writes(self) -> None:
+        """Timer: sample the pending writes' progress; give up on a stalled client."""
+        scope = scope_of(self)
+        watch: Optional[_WriteWatch] = scope.write_watch
+        if watch is None:
+            return
+        stream = watch.stream
+        if stream.closed() or watch.pending.done():
+            # Everything was written, or it is over anyway. (Not stream.writing():
+            # the next request of a keep-alive connection may be writing by now,
+            # and it has its own watch.)
+            scope.write_watch = None
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        written = tornado_internals.bytes_written(stream)
+        if written != watch.written:
+            watch.written = written
+            watch.progress_at = now
+        elif now - watch.progress_at >= watch.timeout:
+            scope.write_watch = None
+            self._jsonservlet_write_stalled(now - watch.progress_at)
+            return
+        watch.handle = loop.call_later(
+            watch.timeout / _WATCH_SAMPLES, self._jsonservlet_check_writes
+        )
+
+    def _jsonservlet_write_stalled(self, idle: float) -> None:
+        """No byte of a pending write went out for ``write_timeout``: end it as a disconnect.
+
+        The client is recorded as gone first (output becomes no-ops, disconnect
+        hooks and callbacks run, the request is logged once with 499), then the
+        close is recorded as the server's and the connection is closed, which
+        fails the pending writes and releases the bytes they held.
+        """
+        app_log.info(
+            "No write progress for %.1fs (write_timeout=%s); closing the connection: %s",
+            idle,
+            self._jsonservlet_write_timeout(),
+            tornado_internals.request_summary(self),
+        )
+        scope = scope_of(self)
+        self._jsonservlet_client_left()
+        scope.closed_by_server = True
+        stream = getattr(self.request.connection, "stream", None)
+        if stream is not None:
+            stream.close()

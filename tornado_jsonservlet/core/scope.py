@@ -50,9 +50,11 @@ class RequestScope:
     __slots__ = (  # noqa: RUF023  (grouped by owner, not sorted)
         # -- the client (core.connection) --
         "client_gone",  # the client left before the response was finished
-        "closed_by_server",  # the server closed the stream itself: not a departure
+        "closed_by_server",  # the server closed the stream itself (with client_gone: a stall)
         "disconnect_callbacks",  # add_disconnect_callback() registrations
         "disconnect_waiter",  # wait_for_disconnect()'s shared future
+        # -- output (core.safe_output) --
+        "write_watch",  # the progress watch of a pending write (write_timeout)
         # -- cancellation (core.cancellation) --
         "task",  # the request's task while Tornado runs it
         "reason",  # the first CancelReason; set once
@@ -78,6 +80,7 @@ class RequestScope:
             None
         )
         self.disconnect_waiter: Optional[asyncio.Future[None]] = None
+        self.write_watch: Any = None
         self.task: Optional[asyncio.Task[Any]] = None
         self.reason: Any = None  # Optional[CancelReason]; typed where it is read
         self.delivered = False

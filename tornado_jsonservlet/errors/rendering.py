@@ -479,6 +479,35 @@ class JsonErrorMixin(ErrorRenderingMixin):
 ErrorTemplate = Union[None, str, jinja2.Template]
 
 
+# ASCII that no HTML context can give a meaning to: letters, digits and the
+# punctuation below. Everything else of ASCII is written as a character reference.
+_INERT_ASCII = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.,:;!?()@%+~*/[]{}|^$#"
+)
+_NAMED = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&#34;", "'": "&#39;"}
+
+
+def html_value(value: object) -> markupsafe.Markup:
+    """``value`` as HTML text that stays a value in text and in every attribute.
+
+    ``markupsafe.escape`` covers text and quoted attributes. An *unquoted*
+    attribute (``<p class={msg}>``) also ends at whitespace, and ``=`` or a
+    backtick there is trouble, so those, and every other ASCII character that is
+    not a letter, digit or inert punctuation, become numeric character
+    references: ``x onmouseover=alert(1)`` stays one attribute value. Browsers
+    decode the references, so the page reads the same. Non-ASCII characters cannot
+    end an attribute and are kept as they are.
+    """
+    text = str(value)
+    out = []
+    for char in text:
+        if char in _INERT_ASCII or ord(char) > 0x7F:
+            out.append(char)
+        else:
+            out.append(_NAMED.get(char) or f"&#{ord(char)};")
+    return markupsafe.Markup("".join(out))
+
+
 @functools.cache
 def _environment(template_path: Optional[str]) -> jinja2.Environment:
     loader: jinja2.BaseLoader
@@ -563,15 +592,19 @@ class HtmlErrorMixin(ErrorRenderingMixin):
     def error_body(self, error: ServletError, exc: Optional[BaseException]) -> tuple[str, bytes]:
         self.set_header("X-Frame-Options", "DENY")
         self.set_header("Content-Security-Policy", "frame-ancestors 'none'")
+        template = self.error_template
+        # The shipped page puts values in text only, where escaping suffices and
+        # keeps the page's source readable; an application's template may put them
+        # anywhere the README allows, unquoted attributes included.
+        value = markupsafe.escape if template is None else html_value
         context = {
             "code": error.code,
-            "reason": markupsafe.escape(error.reason or reason_phrase(error.code)),
-            "msg": markupsafe.escape(error.msg),
-            "errcode": markupsafe.escape(error.errcode),
+            "reason": value(error.reason or reason_phrase(error.code)),
+            "msg": value(error.msg),
+            "errcode": value(error.errcode),
         }
         if "traceback" in error.fields:
-            context["traceback"] = markupsafe.escape("".join(error.fields["traceback"]))
-        template = self.error_template
+            context["traceback"] = value("".join(error.fields["traceback"]))
         if isinstance(template, jinja2.Template):
             html = template.render(context)
         elif isinstance(template, str) and "{" in template:

@@ -182,6 +182,11 @@ class JsonResponseMixin(tornado.web.RequestHandler):
         canonical: bool,
     ) -> None:
         chunks = await encode_in_slices(obj, found, per_item, canonical=canonical)
+        # Encoded, the source document is no longer needed. A client that reads
+        # slowly (or not at all, until write_timeout) must hold its encoded bytes
+        # in flight, not the document as well: often ten times their size in
+        # Python objects.
+        del obj, found
         self._jsonservlet_start_json(status)
         await self._jsonservlet_send_chunks(chunks)
 

@@ -46,6 +46,9 @@ def multiprocess_dir() -> Optional[str]:
 class MetricsHandler(tornado.web.RequestHandler):
     """Serves a Prometheus registry in the text format (OpenMetrics if asked for).
 
+    Any ``Accept`` header gets an answer: one that prometheus-client cannot
+    handle gets the text format.
+
     ``registry`` (an ``initialize`` argument) defaults to prometheus-client's
     global ``REGISTRY`` in a single process and to a ``MultiProcessCollector``
     over ``PROMETHEUS_MULTIPROC_DIR`` when that is set.
@@ -70,12 +73,23 @@ class MetricsHandler(tornado.web.RequestHandler):
                 MultiProcessCollector(registry)  # type: ignore[no-untyped-call,unused-ignore]
             else:
                 registry = prometheus_client.REGISTRY
-        encoder, content_type = prometheus_client.exposition.choose_encoder(
-            self.request.headers.get("Accept", "")
-        )
+        exposition = prometheus_client.exposition
+        try:
+            encoder, content_type = exposition.choose_encoder(
+                self.request.headers.get("Accept", "")
+            )
+            body = encoder(registry)
+        except Exception:
+            # prometheus-client parses the Accept header's parameters itself, and
+            # some values it cannot handle raise (``version=abc`` is a TypeError in
+            # 0.2x). A scraper's odd header is not a server error: the text format,
+            # which every Prometheus understands, answers it. A collector that
+            # fails still fails below, where it belongs.
+            encoder, content_type = exposition.generate_latest, exposition.CONTENT_TYPE_LATEST
+            body = encoder(registry)
         self.set_header("Content-Type", content_type)
         self.set_header("Cache-Control", "no-store")
-        self.finish(encoder(registry))
+        self.finish(body)
 
 
 def _prometheus_client() -> Any:

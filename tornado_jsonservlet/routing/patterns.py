@@ -10,7 +10,8 @@ Pattern rules
   to a valid value of its type gives a 404, like any path that does not match:
 
   - ``str``: never contains ``/`` (an encoded ``a%2Fb`` does not match: use ``path``),
-    is never ``.`` or ``..``, never contains a control character;
+    is never ``.`` or ``..``, never contains a control character (Unicode category
+    Cc: C0, DEL and the C1 controls U+0080-U+009F);
   - ``path``: a relative path without ``.`` or ``..`` segments, not starting with
     ``/``, without control characters;
   - ``int`` beyond 64 bits, ``float`` that overflows to infinity: 404.
@@ -25,7 +26,8 @@ Pattern rules
   from ``g`` to ``z``. A ``path`` parameter has its segment to itself, and a
   pattern has at most one.
 * A pattern with a named group (``(?P<name>...)``) or starting with ``^`` is a raw
-  regular expression and is used as it is (named groups only; values stay strings).
+  regular expression and is used as it is (named groups only; values stay strings,
+  and a value with a control character is refused with a 404 as for a template).
   **Its running time is the application's responsibility**: the toolkit's own
   patterns never backtrack more than linearly, a hand-written regex may.
 * Every pattern is anchored at both ends.
@@ -66,12 +68,23 @@ __all__ = [
     "TemplateMatches",
     "TemplateURLSpec",
     "compile_pattern",
+    "contains_control",
     "literal_regex",
 ]
 
 _INT64 = 2**63
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Unicode category Cc: the C0 controls, DEL and the C1 controls (U+0080-U+009F,
+# two UTF-8 bytes each, so a filter of ASCII controls misses them: U+0085 is a
+# line break to many log viewers, U+009B starts a terminal escape sequence).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def contains_control(text: str) -> bool:
+    """Whether ``text`` holds a Unicode control character (category Cc, C1 included)."""
+    return _CONTROL.search(text) is not None
+
+
 _INT_TEXT = re.compile(r"-?[0-9]+")
 _FLOAT_TEXT = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 
@@ -232,7 +245,7 @@ def literal_regex(text: str) -> tuple[str, str]:
     encoded: list[str] = []
     for char in text:
         problem = _REFUSED_LITERALS.get(char)
-        if problem is None and (ord(char) < 0x20 or char == "\x7f"):
+        if problem is None and contains_control(char):
             problem = f"control character {char!r}"
         if problem is not None:
             raise ValueError(f"literal text may not contain {char!r}: {problem}")

@@ -68,6 +68,7 @@ from tornado_jsonservlet.jsonio.bodies import JsonBodyMixin
 from tornado_jsonservlet.jsonio.lean import LeanResponseMixin
 from tornado_jsonservlet.jsonio.responses import JsonResponseMixin
 from tornado_jsonservlet.production.metrics import ServletMetrics, method_label
+from tornado_jsonservlet.routing.patterns import contains_control
 
 __all__ = ["SERVLET_METHODS", "HtmlServlet", "JsonServlet", "ServletRoute", "implemented_methods"]
 
@@ -217,7 +218,14 @@ class _ServletBase(
         for name, value in raw_params.items():
             converter = route.converters.get(name)
             try:
-                params[name] = converter(value) if converter else value
+                if converter is not None:
+                    params[name] = converter(value)
+                elif contains_control(value):
+                    # A raw regex's value has no converter to check it; no
+                    # control character reaches a servlet either way.
+                    raise ValueError("control character")
+                else:
+                    params[name] = value
             except ValueError:
                 # Not a valid value of the parameter's type (for a str: a "/" from
                 # an encoded %2F, a dot segment): the path does not match.

@@ -31,6 +31,10 @@ so that the end of a stream is an ordinary event:
 * **Silent peers** (laptop lid, NAT timeout) are found by the SSE heartbeat: a
   comment line written after ``heartbeat_interval`` idle seconds. A write to a
   connection that the peer has forgotten fails, and the handler is cancelled.
+* **HEAD.** A HEAD request gets the stream's headers and ends at the first send
+  (or ``start_stream()``, or ``relay_events()``): the producer is ended with
+  ``tornado.web.Finish``, never logged, and the keep-alive connection serves the
+  next request.
 * **Relays.** :meth:`EventStreamMixin.relay_events` writes each message of a
   broadcaster subscription from inside ``publish()``: no task is woken per
   subscriber and each message is encoded once, which is what lets one process
@@ -199,6 +203,8 @@ class StreamingResponseMixin(CancelOnDisconnectMixin):
         :raises StreamClosedError: the client has gone and this request is not
             cancelled on disconnect (a cancellable one is cancelled instead).
         """
+        if self.request.method == "HEAD":
+            await self._jsonservlet_end_head()
         if not self._jsonservlet_connected():
             await self._jsonservlet_stop_producer()
         flushed = self._jsonservlet_send_now(data)
@@ -303,6 +309,24 @@ class StreamingResponseMixin(CancelOnDisconnectMixin):
     def _jsonservlet_stream_opened(self) -> None:
         """Called once, just before the headers are flushed."""
 
+    async def _jsonservlet_end_head(self) -> NoReturn:
+        """HEAD: send the stream's headers, finish, and end the producer.
+
+        A HEAD response has no body, so nothing the producer could send would
+        ever reach the client, and a producer left running would hold the
+        request, and the keep-alive connection behind it, open for nothing.
+        ``tornado.web.Finish`` ends the handler without an error or a log line.
+        """
+        if not tornado_internals.is_finished(self):
+            state = _stream_state(self)
+            if not state.stream_started:
+                state.stream_started = True
+                self.set_stream_headers()
+                await self.flush()  # the headers: GET's, without a body
+            if not tornado_internals.is_finished(self):
+                self.finish()
+        raise tornado.web.Finish()
+
     def _jsonservlet_connected(self) -> bool:
         # A method, not the property: the answer changes across awaits.
         return not self.client_disconnected
@@ -331,10 +355,14 @@ class StreamingResponseMixin(CancelOnDisconnectMixin):
             self.max_buffered_bytes,
             tornado_internals.request_summary(self),
         )
+        # A departure the server decided, recorded as both: the client is gone
+        # for everything downstream (its output, its hooks, its 499), and the
+        # close that follows is the toolkit's, not the client's (as for a write
+        # that stalls for write_timeout).
+        self._jsonservlet_client_left()
+        scope_of(self).closed_by_server = True
         stream = getattr(self.request.connection, "stream", None)
         if stream is not None:
-            # The close reaches the handler through the connection's close
-            # callback and the failed writes: a disconnect like any other.
             stream.close()
 
     async def _jsonservlet_wait_until_dropped(self) -> NoReturn:
