@@ -95,3 +95,41 @@ def test_help_lists_the_production_options():
     )
     for option in ("--processes", "--debug", "--shutdown-grace", "--port", "--address"):
         assert option in result.stdout + result.stderr
+
+
+def _demo_under_group_sigterm(tmp_path: Path, how: str) -> int:
+    port = free_port()
+    tmp_path.mkdir()
+    log_path = tmp_path / "demo.log"
+    with open(log_path, "wb") as log_file:
+        demo = subprocess.Popen(
+            [sys.executable, "demo_server.py", f"--port={port}", "--processes=2"],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+        )
+        try:
+            pids = {int(p) for p in wait_for(log_path, r"\(pid (\d+)\) serving", 2, demo)}
+            assert request(port, "GET", "/?delay=0").body == b"ok!\n"
+            for _ in range(2 if how == "group-twice" else 1):
+                for pid in (demo.pid, *pids):
+                    os.kill(pid, signal.SIGTERM)
+            status = demo.wait(timeout=20)
+        finally:
+            if demo.poll() is None:
+                demo.kill()
+                demo.wait(timeout=10)
+    log = log_path.read_text()
+    assert all(not os.path.exists(f"/proc/{pid}") for pid in pids)
+    assert "[E " not in log, log
+    return status
+
+
+@pytest.mark.parametrize("how", ["group", "group-twice"])
+def test_demo_exits_0_when_every_process_gets_sigterm(tmp_path: Path, how: str):
+    # systemd's default stop: SIGTERM to the parent and every worker at once. The
+    # race is between processes: three runs.
+    statuses = [_demo_under_group_sigterm(tmp_path / str(run), how) for run in range(3)]
+    print(f"demo_server.py --processes=2, SIGTERM to the group ({how}): exit {statuses}")
+    assert statuses == [0, 0, 0]

@@ -262,6 +262,7 @@ class GracefulShutdown:
         self._begun: Optional[asyncio.Future[None]] = None
         self._began_at = 0.0
         self._signals: list[signal.Signals] = []
+        self._ignore_after = False
 
     @property
     def started(self) -> bool:
@@ -269,14 +270,24 @@ class GracefulShutdown:
         return self._begun is not None and self._begun.done()
 
     def install_signal_handlers(
-        self, signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT)
+        self,
+        signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
+        *,
+        ignore_after: bool = False,
     ) -> None:
         """Begin the shutdown on any of ``signals`` (call from the event loop's thread).
 
         A signal received while the shutdown is under way is ignored: a process
         manager may deliver SIGTERM to every process of a group *and* the parent
         may forward its own, and neither must cut the grace period short.
+
+        :param ignore_after: once :meth:`wait` returns, keep ignoring ``signals``
+            instead of restoring their default action. For a process that exits
+            after its shutdown (what ``serve()`` does): a duplicate SIGTERM that
+            arrives while it exits would otherwise kill it, and its exit status
+            would say it failed.
         """
+        self._ignore_after = ignore_after
         loop = asyncio.get_running_loop()
         for sig in signals:
             try:
@@ -400,9 +411,20 @@ class GracefulShutdown:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # pragma: no cover
             return
-        for sig in self._signals:
-            try:
-                loop.remove_signal_handler(sig)
-            except NotImplementedError:  # pragma: no cover - Windows event loops
-                signal.signal(sig, signal.SIG_DFL)
+        # Blocked meanwhile: between removing the handler (asyncio restores the
+        # default action) and ignoring the signal, a duplicate would kill us.
+        block = self._ignore_after and hasattr(signal, "pthread_sigmask")
+        if block:
+            signal.pthread_sigmask(signal.SIG_BLOCK, self._signals)
+        try:
+            for sig in self._signals:
+                try:
+                    loop.remove_signal_handler(sig)
+                except NotImplementedError:  # pragma: no cover - Windows event loops
+                    signal.signal(sig, signal.SIG_DFL)
+                if self._ignore_after:
+                    signal.signal(sig, signal.SIG_IGN)
+        finally:
+            if block:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, self._signals)
         self._signals.clear()
