@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+import weakref
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
@@ -55,6 +56,7 @@ from tornado_jsonservlet.core.cancellation import (
     CancelReason,
     running_requests,
 )
+from tornado_jsonservlet.core.scope import scope_of
 
 __all__ = [
     "DEFAULT_ABANDON_AFTER",
@@ -63,10 +65,13 @@ __all__ = [
     "DrainingHTTPServer",
     "GracefulShutdown",
     "ShutdownReport",
+    "shutdown_notice",
 ]
 
 #: The reason given to requests still running when the grace period ends.
-SHUTTING_DOWN = CancelReason(503, "SHUTTING_DOWN", "Server is shutting down, please retry")
+SHUTTING_DOWN = CancelReason(
+    503, "SHUTTING_DOWN", "Server is shutting down, please retry", ends_streams_cleanly=True
+)
 
 DEFAULT_GRACE = 10.0
 DEFAULT_ABANDON_AFTER = 5.0
@@ -118,6 +123,10 @@ class _ConnectionCloseWhileDraining(tornado.web.OutputTransform):
 
     server: DrainingHTTPServer
 
+    def __init__(self, request: tornado.httputil.HTTPServerRequest) -> None:
+        super().__init__(request)
+        self._request = request
+
     def transform_first_chunk(
         self,
         status_code: int,
@@ -125,7 +134,8 @@ class _ConnectionCloseWhileDraining(tornado.web.OutputTransform):
         chunk: bytes,
         finishing: bool,
     ) -> tuple[int, tornado.httputil.HTTPHeaders, bytes]:
-        if self.server._draining:
+        # Several servers may share one application: only this one's requests.
+        if self.server._draining and self.server._serves(self._request):
             headers["Connection"] = "close"
         return status_code, headers, chunk
 
@@ -146,6 +156,7 @@ class DrainingHTTPServer(tornado.httpserver.HTTPServer):
         # is registered when it asks for its first request)
         self._busy: dict[object, Optional[tornado.httputil.RequestStartLine]] = {}
         self._draining = False
+        self._notice: Optional[asyncio.Future[None]] = None
         app = self.request_callback
         if isinstance(app, tornado.web.Application):
             transform = type(
@@ -177,6 +188,19 @@ class DrainingHTTPServer(tornado.httpserver.HTTPServer):
             return
         self._draining = True
         self.stop()
+        if self._notice is not None and not self._notice.done():
+            self._notice.set_result(None)
+
+    def _drain_notice(self) -> asyncio.Future[None]:
+        if self._notice is None:
+            self._notice = asyncio.get_running_loop().create_future()
+            if self._draining:
+                self._notice.set_result(None)
+        return self._notice
+
+    def _serves(self, request: tornado.httputil.HTTPServerRequest) -> bool:
+        """Whether ``request`` came through one of this server's connections."""
+        return _server_of.get(request.server_connection) is self
 
     # -- HTTPServerConnectionDelegate ------------------------------------------
 
@@ -186,6 +210,7 @@ class DrainingHTTPServer(tornado.httpserver.HTTPServer):
         # Tornado asks for the next request once the previous one is complete.
         known = server_conn in self._busy
         self._busy[server_conn] = None
+        _server_of[server_conn] = self
         if known and self._draining:
             # The previous response said "Connection: close" (or went out before
             # the shutdown began); do not wait for another request.
@@ -200,6 +225,28 @@ class DrainingHTTPServer(tornado.httpserver.HTTPServer):
         super().on_close(server_conn)
 
 
+# The DrainingHTTPServer each server connection belongs to (weak: never keeps one alive).
+_server_of: weakref.WeakKeyDictionary[object, DrainingHTTPServer] = weakref.WeakKeyDictionary()
+
+
+def shutdown_notice(handler: tornado.web.RequestHandler) -> asyncio.Future[None]:
+    """A future that completes when the server serving ``handler`` begins to drain.
+
+    Await it, or give it a done-callback, to end long-lived work at once when a
+    shutdown begins instead of when the grace period runs out: a stream can tell
+    its client to reconnect elsewhere, a long poll can answer now. Each call returns
+    a future of its own: cancelling it (``asyncio.wait_for``, a cancelled request)
+    affects nobody else. For a request not served by a :class:`DrainingHTTPServer`
+    it never completes.
+
+    SSE and JSON-lines streams need nothing of this: a shutdown ends them at once.
+    """
+    server = _server_of.get(handler.request.server_connection)
+    if server is None:
+        return asyncio.get_running_loop().create_future()
+    return asyncio.shield(server._drain_notice())
+
+
 @dataclass
 class ShutdownReport:
     """What a shutdown did, for the final log line and for tests."""
@@ -208,6 +255,8 @@ class ShutdownReport:
     in_flight: int = 0
     #: Requests cancelled after the grace period (their clients got the 503).
     cancelled: int = 0
+    #: Streamed responses (SSE, JSON lines) ended cleanly when the shutdown began.
+    streams_ended: int = 0
     #: One line per request still running at the end (method, URI, handler, age).
     abandoned: list[str] = field(default_factory=list)
     #: Seconds from the signal to the end of the shutdown.
@@ -263,6 +312,7 @@ class GracefulShutdown:
         self._began_at = 0.0
         self._signals: list[signal.Signals] = []
         self._ignore_after = False
+        self._streams_ended = 0
 
     @property
     def started(self) -> bool:
@@ -304,6 +354,7 @@ class GracefulShutdown:
         self._began_at = time.monotonic()
         for server in self.servers:
             server.start_draining()
+        self._streams_ended = self._end_streams()
         begun.set_result(None)
 
     async def wait(self) -> ShutdownReport:
@@ -329,8 +380,31 @@ class GracefulShutdown:
     def _busy(self) -> int:
         return sum(server.busy_connections for server in self.servers)
 
+    def _running(self) -> list[CancelOnDisconnectMixin]:
+        """The toolkit requests served by *these* servers: another server in the
+        same process (an admin port, a second application) is not ours to drain."""
+        return [
+            handler
+            for handler in running_requests()
+            if any(server._serves(handler.request) for server in self.servers)
+        ]
+
     def _pending(self) -> bool:
-        return bool(self._busy() or running_requests())
+        return bool(self._busy() or self._running())
+
+    def _end_streams(self) -> int:
+        """End every streamed response at once; their clients reconnect elsewhere.
+
+        A stream never finishes by itself: waiting for it would only spend the
+        whole grace period. Its headers (200) went out, so the stream ends
+        normally and the access log says 200.
+        """
+        ended = 0
+        for handler in self._running():
+            if getattr(scope_of(handler).stream, "stream_started", False):
+                handler.cancel_request(SHUTTING_DOWN)
+                ended += 1
+        return ended
 
     async def _wait_until_idle(self, deadline: float) -> bool:
         """Poll until nothing is in flight (True) or ``deadline`` passes (False).
@@ -346,7 +420,8 @@ class GracefulShutdown:
 
     async def _drain(self) -> ShutdownReport:
         report = ShutdownReport(
-            in_flight=max(self._busy(), len(running_requests())),
+            in_flight=max(self._busy(), len(self._running())),
+            streams_ended=self._streams_ended,
         )
         gen_log.info(
             "Shutting down: stopped accepting, %d request(s) in flight, grace %.1fs",
@@ -355,7 +430,7 @@ class GracefulShutdown:
         )
         if not await self._wait_until_idle(self._began_at + self.grace):
             report.cancelled = await self._cancel_the_rest()
-        running = running_requests()
+        running = self._running()
         report.abandoned = [_describe(handler) for handler in running]
         toolkit_connections = {handler.request.server_connection for handler in running}
         for server in self.servers:
@@ -386,7 +461,7 @@ class GracefulShutdown:
         told: list[CancelOnDisconnectMixin] = []
         deadline = time.monotonic() + self.abandon_after
         while True:
-            for handler in running_requests():
+            for handler in self._running():
                 if handler not in told:
                     told.append(handler)
                     handler.cancel_request(SHUTTING_DOWN)
