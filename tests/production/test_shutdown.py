@@ -6,10 +6,14 @@ The multi-process and signal tests are in ``test_processes.py``.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import logging
 import math
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -19,8 +23,17 @@ import tornado.web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPResponse
 from tornado.testing import bind_unused_port
 
+from tests.proc_support import ROOT
 from tests.sse_client import StreamReader
-from tests.support import Probe, access_lines, access_statuses, settle, wait_until
+from tests.support import (
+    Probe,
+    access_lines,
+    access_statuses,
+    nothing_happens_within_sync,
+    settle,
+    wait_until,
+    wait_until_sync,
+)
 from tornado_jsonservlet import (
     SHUTTING_DOWN,
     CancelOnDisconnectMixin,
@@ -419,3 +432,87 @@ async def test_draining_one_server_leaves_another_servers_requests_alone(io_loop
         for served in servers:
             served.server.stop()
             await served.server.close_all_connections()
+
+
+# -- out of file descriptors ------------------------------------------------------------
+
+_LOW_FD_APP = """
+import asyncio, logging, os, resource, sys
+import tornado.web
+from tornado.testing import bind_unused_port
+from tornado_jsonservlet import DrainingHTTPServer
+
+class Hello(tornado.web.RequestHandler):
+    def get(self):
+        self.write("ok")
+
+async def main():
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+    sock, port = bind_unused_port()
+    DrainingHTTPServer(tornado.web.Application([(r"/", Hello)])).add_sockets([sock])
+    in_use = len(os.listdir("/proc/self/fd"))
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 8, hard))  # room for 8 clients
+    print(port, flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", "rb") as stat:
+        fields = stat.read().rpartition(b")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_running_out_of_file_descriptors_pauses_accepting_and_logs_once(tmp_path):
+    log_path = tmp_path / "app.log"
+    with open(log_path, "wb") as log_file:
+        app = subprocess.Popen(
+            [sys.executable, "-c", _LOW_FD_APP],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=log_file,
+        )
+    clients: list[socket.socket] = []
+    try:
+        assert app.stdout is not None
+        port = int(app.stdout.readline())
+        for _ in range(30):  # more than the process can accept
+            clients.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        wait_until_sync(
+            lambda: "Cannot accept connections" in log_path.read_text(),
+            what="the accept error reported",
+        )
+        cpu_before = _cpu_seconds(app.pid)
+        nothing_happens_within_sync(1.0, what="a second report or a busy loop")
+        cpu = _cpu_seconds(app.pid) - cpu_before
+        for client in clients:
+            client.close()
+        clients.clear()
+        # The descriptors are back: the queued and the new connections are served.
+        assert request_sync(port, "/") == b"ok"
+        log = log_path.read_text()
+    finally:
+        for client in clients:
+            client.close()
+        app.kill()
+        app.wait(timeout=10)
+        if app.stdout is not None:
+            app.stdout.close()
+    print(f"EMFILE for 1s: {log.count(chr(10))} log line(s), {cpu:.2f}s of CPU")
+    assert log.count("Cannot accept connections") == 1, log
+    assert "Too many open files" in log
+    assert "ERROR" not in log
+    assert cpu < 0.3  # Tornado's handler spins a whole core here
+
+
+def request_sync(port: int, path: str) -> bytes:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().read()
+    finally:
+        conn.close()

@@ -38,15 +38,18 @@ use it in place of ``HTTPServer`` (``tornado_jsonservlet.processes.serve`` does)
 from __future__ import annotations
 
 import asyncio
+import errno
 import signal
+import socket
 import time
 import weakref
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import tornado.httpserver
 import tornado.httputil
+import tornado.ioloop
 import tornado.web
 from tornado.log import gen_log
 
@@ -140,6 +143,97 @@ class _ConnectionCloseWhileDraining(tornado.web.OutputTransform):
         return status_code, headers, chunk
 
 
+#: accept() errors that say "not now" (out of file descriptors or memory), not "broken".
+_ACCEPT_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_ACCEPT_PAUSE_FIRST = 0.05
+_ACCEPT_PAUSE_MAX = 1.0
+#: At most one log line per this many seconds about accept errors, per socket.
+ACCEPT_ERROR_LOG_PERIOD = 10.0
+
+
+class _PacedAccept:
+    """Accepts connections on one listening socket; pauses when the process is out of
+    file descriptors.
+
+    Tornado's handler lets ``accept()``'s EMFILE escape: the socket stays readable,
+    so the loop calls it again at once, logging a traceback each turn (thousands a
+    second) and spinning a core, while the requests already in the process need the
+    very descriptors it cannot get. Here the socket is left alone for 50 ms, then
+    twice as long each time up to 1 s (the kernel keeps new connections in the
+    backlog; with several workers on one socket, the others accept them), and one
+    WARNING per :data:`ACCEPT_ERROR_LOG_PERIOD` says so, with the count.
+    """
+
+    def __init__(self, sock: socket.socket, on_connection: Callable[[socket.socket, Any], None]):
+        self.sock = sock
+        self.on_connection = on_connection
+        self.io_loop = tornado.ioloop.IOLoop.current()
+        self.pause = 0.0
+        self.timer: Optional[object] = None
+        self.listening = False
+        self.removed = False
+        self.unreported = 0
+        self.reported_at = -float("inf")
+        self._listen()
+
+    def _listen(self) -> None:
+        self.timer = None
+        if not self.removed:
+            self.io_loop.add_handler(self.sock, self._on_readable, tornado.ioloop.IOLoop.READ)
+            self.listening = True
+
+    def _on_readable(self, fd: object, events: int) -> None:
+        for _ in range(128):  # Tornado's batch: then let other callbacks run
+            if self.removed:
+                return
+            try:
+                connection, address = self.sock.accept()
+            except BlockingIOError:
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as error:
+                if error.errno not in _ACCEPT_EXHAUSTED:
+                    raise
+                self._back_off(error)
+                return
+            self.pause = 0.0
+            self.on_connection(connection, address)
+
+    def _back_off(self, error: OSError) -> None:
+        self.io_loop.remove_handler(self.sock)
+        self.listening = False
+        self.pause = min(_ACCEPT_PAUSE_MAX, self.pause * 2 or _ACCEPT_PAUSE_FIRST)
+        self.unreported += 1
+        now = time.monotonic()
+        if now - self.reported_at >= ACCEPT_ERROR_LOG_PERIOD:
+            gen_log.warning(
+                "Cannot accept connections on %s: %s; pausing accepts for %.2fs "
+                "(%d such error(s) since the last report)",
+                self.sock.getsockname(),
+                error.strerror,
+                self.pause,
+                self.unreported,
+            )
+            self.reported_at, self.unreported = now, 0
+        self.timer = self.io_loop.call_later(self.pause, self._listen)
+
+    def remove(self) -> None:
+        self.removed = True
+        if self.timer is not None:
+            self.io_loop.remove_timeout(self.timer)
+            self.timer = None
+        if self.listening:
+            self.io_loop.remove_handler(self.sock)
+            self.listening = False
+
+
+def _start_paced_accept(
+    sock: socket.socket, on_connection: Callable[[socket.socket, Any], None]
+) -> Callable[[], None]:
+    return _PacedAccept(sock, on_connection).remove
+
+
 class DrainingHTTPServer(tornado.httpserver.HTTPServer):
     """An ``HTTPServer`` that can drain: it knows which connections serve a request.
 
@@ -163,6 +257,11 @@ class DrainingHTTPServer(tornado.httpserver.HTTPServer):
                 "ConnectionCloseWhileDraining", (_ConnectionCloseWhileDraining,), {"server": self}
             )
             app.add_transform(transform)
+
+    def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
+        """As ``HTTPServer.add_sockets``; accept errors such as EMFILE back off (see
+        :class:`_PacedAccept`) instead of spinning and logging on every loop turn."""
+        tornado_internals.add_sockets_accepting_with(self, sockets, _start_paced_accept)
 
     @property
     def draining(self) -> bool:
