@@ -11,14 +11,19 @@ import json
 import os
 import re
 import signal
+import socket
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import tornado.web
 
 from tests.proc_support import AppProcess, Reply, request
 from tests.servers import free_port
+from tests.support import wait_until_sync
+from tornado_jsonservlet import serve
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 
@@ -346,3 +351,34 @@ def test_an_async_factory_and_lifecycle_hooks_run_in_each_worker(start):
         assert order[:3] == sorted(order[:3]), lines
         assert order[3] < order[4], lines
     app.assert_clean_log()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_workers_stop_when_the_parent_is_killed(start):
+    # SIGKILL gives the parent no chance to stop them; the kernel tells them instead.
+    app = start("--processes=2", "--grace=1", "--abandon-after=1")
+    pids = app.worker_pids(2)
+    os.kill(app.proc.pid, signal.SIGKILL)
+    app.proc.wait(timeout=10)
+    wait_until_sync(
+        lambda: not [pid for pid in pids if _alive(pid)], what="the orphaned workers exiting"
+    )
+    assert len(re.findall(r"Shutdown complete in", app.log)) == 2
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"on_startup": "not callable"}, TypeError),
+        ({"on_shutdown": [print, 3]}, TypeError),
+        ({"max_restarts": -1}, ValueError),
+        ({"max_restarts": True}, ValueError),
+        ({"processes": 2.0}, ValueError),
+    ],
+)
+def test_serve_refuses_bad_arguments_before_binding(options, error):
+    port = free_port()
+    with pytest.raises(error):
+        serve(lambda: tornado.web.Application(), port, **options)
+    with socket.create_server(("127.0.0.1", port)):  # nothing was left bound
+        pass
