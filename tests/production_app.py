@@ -110,6 +110,9 @@ class Crash(tornado.web.RequestHandler):
 def _check_start_conditions() -> None:
     if os.environ.get("PRODUCTION_APP_FAIL_START"):
         raise RuntimeError("database unreachable (PRODUCTION_APP_FAIL_START)")
+    fail_file = os.environ.get("PRODUCTION_APP_FAIL_START_FILE")
+    if fail_file and os.path.exists(fail_file):
+        raise RuntimeError("database unreachable (PRODUCTION_APP_FAIL_START_FILE)")
     crash_file = os.environ.get("PRODUCTION_APP_CRASH_FILE")
     if crash_file and os.path.exists(crash_file):
         os._exit(9)  # a crash loop: every new worker dies while starting

@@ -22,7 +22,7 @@ import tornado.web
 
 from tests.proc_support import AppProcess, Reply, request
 from tests.servers import free_port
-from tests.support import wait_until_sync
+from tests.support import nothing_happens_within_sync, wait_until_sync
 from tornado_jsonservlet import serve
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
@@ -382,3 +382,25 @@ def test_serve_refuses_bad_arguments_before_binding(options, error):
         serve(lambda: tornado.web.Application(), port, **options)
     with socket.create_server(("127.0.0.1", port)):  # nothing was left bound
         pass
+
+
+def test_a_worker_that_cannot_start_after_a_crash_is_retried_and_reported_once(start, tmp_path):
+    fail_file = tmp_path / "database-down"
+    app = start(
+        "--processes=2",
+        "--grace=1",
+        "--abandon-after=1",
+        env={"PRODUCTION_APP_FAIL_START_FILE": str(fail_file)},
+    )
+    app.worker_pids(2)
+    fail_file.touch()  # the database goes away: new workers cannot start
+    assert request(app.port, "GET", "/crash").status == 0
+    app.wait_for(r"could not start: exit status 3 after [\d.]+s; restarting in", timeout=10)
+    nothing_happens_within_sync(1.5, what="a second report of the same start failure")
+    fail_file.unlink()  # the database is back
+    app.wait_for(r"Worker \d started again \(pid \d+\)", timeout=10)
+    assert request(app.port, "GET", "/plain").status == 200
+    log = app.log
+    assert log.count("cannot start:") == 1, log  # the worker's ERROR, with its traceback
+    assert log.count("could not start:") == 1, log  # the parent's WARNING
+    assert app.stop() == 0

@@ -238,7 +238,11 @@ async def _serve_in_this_process(
             raise
         # Said once, here, with the exception; the parent adds one line and
         # decides whether to retry.
-        gen_log.error("%s (pid %d) cannot start:\n%s", name, os.getpid(), traceback.format_exc())
+        # A retry of a start that failed the same way was reported already.
+        level = logging.DEBUG if supervisor.retrying_failed_start else logging.ERROR
+        gen_log.log(
+            level, "%s (pid %d) cannot start:\n%s", name, os.getpid(), traceback.format_exc()
+        )
         _exit_now(_CANNOT_START)
     server = DrainingHTTPServer(app, **server_options)
     server.add_sockets(sockets)
@@ -304,9 +308,10 @@ def _die_with_parent(parent_pid: int) -> None:
 class _Slot:
     """One worker position: its current process and its crash history."""
 
-    __slots__ = ("failures", "pid", "ready", "restart_at", "started_at")
+    __slots__ = ("failed_to_start", "failures", "pid", "ready", "restart_at", "started_at")
 
     def __init__(self) -> None:
+        self.failed_to_start = False  # its last process exited with _CANNOT_START
         self.pid: Optional[int] = None
         self.ready = False
         self.started_at = 0.0
@@ -335,6 +340,7 @@ class _Supervisor:
         self.restarts = 0
         self.any_ready = False
         self.failed_while_stopping: dict[int, int] = {}
+        self.retrying_failed_start = False
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._read_fd, False)
 
@@ -363,6 +369,7 @@ class _Supervisor:
     def _fork(self, number: int) -> bool:
         """Start a worker in slot ``number``; True in the worker itself."""
         slot = self.slots[number]
+        self.retrying_failed_start = slot.failed_to_start  # read by the child
         pid = os.fork()
         if pid == 0:
             self._become_worker(number)
@@ -426,6 +433,8 @@ class _Supervisor:
             ran = time.monotonic() - slot.started_at
             never_ready = not slot.ready
             cannot_start = os.WIFEXITED(status) and os.WEXITSTATUS(status) == _CANNOT_START
+            repeated = cannot_start and slot.failed_to_start
+            slot.failed_to_start = cannot_start
             if never_ready and cannot_start and not self.any_ready:
                 self._cannot_start = (
                     f"Worker {number} (pid {pid}) could not start (see its error above), "
@@ -437,7 +446,7 @@ class _Supervisor:
             self.restarts += 1
             # A start that fails with an error was reported by the worker itself;
             # repeating it at every retry would bury the log.
-            level = logging.DEBUG if cannot_start and slot.failures > 1 else logging.WARNING
+            level = logging.DEBUG if repeated else logging.WARNING
             what = (
                 f"Worker {number} (pid {pid}) "
                 f"{'could not start' if never_ready else 'died'}: "
@@ -462,7 +471,8 @@ class _Supervisor:
                 for number, slot in enumerate(self.slots):
                     if slot.pid == pid and kind == _READY and not slot.ready:
                         slot.ready = True
-                        if slot.failures > 1:
+                        slot.failed_to_start = False
+                        if slot.failures:
                             gen_log.info("Worker %d started again (pid %d)", number, pid)
                         self.any_ready = True
 
