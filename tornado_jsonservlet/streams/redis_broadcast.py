@@ -222,7 +222,7 @@ class RedisBroadcaster(Broadcaster):
         except _CONNECTION_ERRORS as error:
             if isinstance(error, _TIMEOUT_ERRORS) or probe:
                 self._open_circuit(error)
-            log.warning("Redis unavailable, %s: %s", failure, error or type(error).__name__)
+            log.warning("Redis unavailable, %s: %s", failure, self._describe(error))
             raise BroadcastUnavailable() from None
         else:
             if self._open_since is not None:
@@ -235,13 +235,18 @@ class RedisBroadcaster(Broadcaster):
             if probe:
                 self._probing = False
 
+    def _describe(self, error: BaseException) -> str:
+        if isinstance(error, _TIMEOUT_ERRORS) and not str(error):
+            return f"no answer within {self.timeout}s"
+        return str(error) or type(error).__name__
+
     def _open_circuit(self, error: BaseException) -> None:
         now = time.monotonic()
         if self._open_since is None:
             self._open_since = now
             log.warning(
                 "Redis did not answer (%s); failing fast for %.1fs before probing again",
-                error or type(error).__name__,
+                self._describe(error),
                 self.retry_after,
             )
         self._probe_at = now + self.retry_after
@@ -394,7 +399,7 @@ class RedisBroadcaster(Broadcaster):
         if not logged:
             log.warning(
                 "Redis connection lost (%s); ending %d subscriptions",
-                error or type(error).__name__,
+                self._describe(error),
                 self.subscriber_count(),
             )
         reader, self._reader = self._reader, None
