@@ -418,6 +418,7 @@ class _Supervisor:
                 return
             if not pid:
                 return
+            self._read_messages()  # a "ready" it sent before dying counts
             number = next((n for n, s in enumerate(self.slots) if s.pid == pid), None)
             if number is None:
                 continue
