@@ -8,6 +8,7 @@ import json
 import logging
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -337,6 +338,14 @@ async def test_frozen_redis_costs_the_first_caller_one_timeout_and_the_next_noth
     assert quick.unavailable
     opened = [r for r in caplog.records if "did not answer" in r.getMessage()]
     assert [r.levelno for r in opened] == [logging.WARNING]
+
+    # Still frozen after retry_after: one caller probes (one timeout), the others
+    # meanwhile fail at once.
+    await wait_until(lambda: time.monotonic() >= quick._probe_at, what="the probe time")
+    probe = asyncio.ensure_future(timed_failure(quick.publish("a", "probe")))
+    await settle()
+    assert await timed_failure(quick.publish("a", "meanwhile")) < 0.05
+    assert TIMEOUT * 0.9 <= await probe <= TIMEOUT + 0.4
 
     # Back again: after retry_after, one probe closes the circuit.
     redis_server.thaw()
