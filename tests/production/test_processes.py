@@ -404,3 +404,18 @@ def test_a_worker_that_cannot_start_after_a_crash_is_retried_and_reported_once(s
     assert log.count("cannot start:") == 1, log  # the worker's ERROR, with its traceback
     assert log.count("could not start:") == 1, log  # the parent's WARNING
     assert app.stop() == 0
+
+
+def test_lifecycle_hooks_run_in_a_single_process_server(start):
+    app = start("--grace=1", "--hooks")
+    app.wait_for(r"process \(pid \d+\) serving")
+    assert request(app.port, "GET", "/plain").status == 200
+    os.kill(app.proc.pid, signal.SIGTERM)
+    assert app.proc.wait(timeout=20) == 0
+    log = app.log
+    pid = app.proc.pid
+    for what in ("factory ran", "startup hook", "shutdown hook", "async shutdown hook"):
+        assert f"{what} in pid {pid}" in log, log
+    assert log.index("startup hook") < log.index("serving on") < log.index("Shutdown complete")
+    assert log.index("Shutdown complete") < log.index("async shutdown hook")
+    app.assert_clean_log()
