@@ -99,8 +99,29 @@ class HelloServlet(RequestIdMixin, JsonServlet):
         return {"hello": "world", "pid": os.getpid()}
 
 
+class Crash(tornado.web.RequestHandler):
+    """Ends this worker at once with status 7, as a segfault or an OOM kill would."""
+
+    def get(self) -> None:
+        log.info("crashing on purpose")
+        os._exit(7)
+
+
+def _check_start_conditions() -> None:
+    if os.environ.get("PRODUCTION_APP_FAIL_START"):
+        raise RuntimeError("database unreachable (PRODUCTION_APP_FAIL_START)")
+    fail_file = os.environ.get("PRODUCTION_APP_FAIL_START_FILE")
+    if fail_file and os.path.exists(fail_file):
+        raise RuntimeError("database unreachable (PRODUCTION_APP_FAIL_START_FILE)")
+    crash_file = os.environ.get("PRODUCTION_APP_CRASH_FILE")
+    if crash_file and os.path.exists(crash_file):
+        os._exit(9)  # a crash loop: every new worker dies while starting
+
+
 def make_app() -> tornado.web.Application:
+    _check_start_conditions()
     rules: list[object] = [
+        (r"/crash", Crash),
         (r"/slow", Slow),
         (r"/work", Work),
         (r"/plain", Plain),
@@ -116,6 +137,26 @@ def make_app() -> tornado.web.Application:
     return tornado.web.Application(rules)  # type: ignore[arg-type]
 
 
+async def make_app_async() -> tornado.web.Application:
+    """An async factory: runs on the worker's own loop, as a pool's creation would."""
+    await asyncio.sleep(0)
+    log.info("factory ran in pid %d", os.getpid())
+    return make_app()
+
+
+def startup_hook(app: tornado.web.Application) -> None:
+    log.info("startup hook in pid %d", os.getpid())
+
+
+def shutdown_hook(app: tornado.web.Application) -> None:
+    log.info("shutdown hook in pid %d", os.getpid())
+
+
+async def async_shutdown_hook(app: tornado.web.Application) -> None:
+    await asyncio.sleep(0)
+    log.info("async shutdown hook in pid %d", os.getpid())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
@@ -124,6 +165,8 @@ def main() -> None:
     parser.add_argument("--abandon-after", type=float, default=5.0)
     parser.add_argument("--reuse-port", action="store_true")
     parser.add_argument("--xheaders", action="store_true")
+    parser.add_argument("--max-restarts", type=int, default=None)
+    parser.add_argument("--hooks", action="store_true", help="async factory and lifecycle hooks")
     args = parser.parse_args()
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RequestIdLogFilter())
@@ -131,9 +174,14 @@ def main() -> None:
         logging.Formatter("%(levelname)s pid=%(process)d rid=%(request_id)s %(name)s %(message)s")
     )
     logging.basicConfig(level=logging.INFO, handlers=[handler])
+    hooks: dict[str, object] = {}
+    if args.hooks:
+        hooks = {"on_startup": [startup_hook], "on_shutdown": [shutdown_hook, async_shutdown_hook]}
     serve(
-        make_app,
+        make_app_async if args.hooks else make_app,
         args.port,
+        max_restarts=args.max_restarts,
+        **hooks,  # type: ignore[arg-type]
         processes=args.processes,
         reuse_port=args.reuse_port,
         shutdown_grace=args.grace,

@@ -102,6 +102,7 @@ class _Process:
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
+        process.send_signal(signal.SIGCONT)  # a frozen process cannot act on SIGTERM
         process.terminate()
         try:
             process.wait(timeout=10)
@@ -114,6 +115,17 @@ class _Process:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(timeout=10)
+
+    def freeze(self) -> None:
+        """Stop the process (SIGSTOP): its sockets stay open and nothing answers,
+        as with a server stuck in a long pause or swapped out."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Let a frozen process run again (SIGCONT)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
 
     def __exit__(
         self,

@@ -58,7 +58,12 @@ from .production.metrics import InMemoryMetrics, PrometheusMetrics, ServletMetri
 from .production.metrics_handler import MetricsHandler, metrics_urlspec
 from .production.processes import serve
 from .production.request_id import RequestIdLogFilter, RequestIdMixin, current_request_id
-from .production.shutdown import SHUTTING_DOWN, DrainingHTTPServer, GracefulShutdown
+from .production.shutdown import (
+    SHUTTING_DOWN,
+    DrainingHTTPServer,
+    GracefulShutdown,
+    shutdown_notice,
+)
 from .routing.registry import ServletRegistry
 from .routing.servlets import HtmlServlet, JsonServlet
 from .streams.broadcast import (
@@ -139,5 +144,6 @@ __all__ = [
     "require",
     "run_in_executor",
     "serve",
+    "shutdown_notice",
     "uncancellable",
 ]

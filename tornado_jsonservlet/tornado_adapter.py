@@ -28,6 +28,9 @@ it wraps, and why each is needed:
 * ``BaseIOStream._total_write_done_index``: how many bytes of a response the
   kernel has taken, so that a write that makes no progress (a client that
   stopped reading) can be told from a slow one.
+* ``TCPServer._sockets``, ``_handlers`` and ``_handle_connection``: what
+  ``add_sockets`` fills, to accept with a handler that backs off when the
+  process runs out of file descriptors (Tornado's retries on every loop turn).
 * asyncio's ``Task._fut_waiter`` (present in the C and Python tasks of every
   supported Python): which future a suspended task awaits, so that one request's
   cancellation does not cancel work other requests await too.
@@ -309,3 +312,17 @@ def awaited_future(task: asyncio.Future[Any]) -> Optional[asyncio.Future[Any]]:
     """The future a suspended task is waiting on, or None (running, done, or unknown)."""
     waiter = getattr(task, "_fut_waiter", None)
     return waiter if isinstance(waiter, asyncio.Future) else None
+
+
+#: ``accept(sock, on_connection) -> remove``: starts accepting on ``sock``.
+AcceptStarter = Callable[[socket.socket, Callable[[socket.socket, Any], None]], Callable[[], None]]
+
+
+def add_sockets_accepting_with(server: Any, sockets: Any, start_accepting: AcceptStarter) -> None:
+    """``TCPServer.add_sockets`` with the toolkit's accept handler instead of Tornado's.
+
+    Fills the same tables, so ``stop()`` removes the handlers and closes the sockets.
+    """
+    for sock in sockets:
+        server._sockets[sock.fileno()] = sock
+        server._handlers[sock.fileno()] = start_accepting(sock, server._handle_connection)

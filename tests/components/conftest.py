@@ -39,7 +39,8 @@ def nginx_launcher(tmp_path: Path) -> Iterator[NginxLauncher]:
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A ``redis-server`` without persistence; ``.url``, ``.port``, ``.kill()``."""
+    """A ``redis-server`` without persistence; ``.url``, ``.port``, ``.kill()``,
+    ``.start()`` again, ``.freeze()`` (SIGSTOP) and ``.thaw()``."""
     with RedisServer(tmp_path) as server:
         yield server
 

@@ -8,6 +8,7 @@ import json
 import logging
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ redis_asyncio = pytest.importorskip("redis.asyncio", reason="the 'redis' extra i
 
 from tornado_jsonservlet.streams.redis_broadcast import RedisBroadcaster  # noqa: E402
 
-pytestmark = pytest.mark.gen_test
+pytestmark = pytest.mark.gen_test(timeout=40)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -220,3 +221,241 @@ async def test_sse_stream_ends_when_redis_is_lost(port, probe, redis_server, cap
     assert probe.values["ended"] is EndReason.CONNECTION_LOST
     assert probe.values["status"] == 200
     assert errors(caplog) == []
+
+
+# -- deadlines: a Redis that stops answering --------------------------------------
+
+TIMEOUT = 0.5
+
+
+class StallingProxy:
+    """A TCP proxy to Redis that the test controls: :meth:`partition` stops it
+    forwarding in both directions *without closing anything*, as a network
+    partition or a NAT that forgot the flow would; :meth:`heal` forwards again."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = 0
+        self._forwarding = asyncio.Event()
+        self._forwarding.set()
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> StallingProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def partition(self) -> None:
+        self._forwarding.clear()
+
+    def heal(self) -> None:
+        self._forwarding.set()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self._writers += [writer, up_writer]
+        for source, sink in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.ensure_future(self._pump(source, sink))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                data = await source.read(65536)
+                await self._forwarding.wait()  # partitioned: hold the bytes, close nothing
+                if not data:
+                    sink.close()
+                    return
+                sink.write(data)
+                await sink.drain()
+        except OSError:
+            sink.close()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
+        for writer in self._writers:
+            writer.close()
+
+
+@pytest.fixture
+def proxy(redis_server, io_loop):
+    proxy = io_loop.run_sync(StallingProxy(redis_server.port).start)
+    yield proxy
+    io_loop.run_sync(proxy.close)
+
+
+@pytest.fixture
+def quick(redis_server, io_loop):
+    """A broadcaster with short deadlines, straight to Redis."""
+    broadcaster = RedisBroadcaster(
+        redis_server.url, timeout=TIMEOUT, health_check_interval=0.3, retry_after=0.5
+    )
+    yield broadcaster
+    redis_server.thaw()
+    io_loop.run_sync(broadcaster.close)
+
+
+async def timed_failure(awaitable) -> float:
+    """Seconds until ``awaitable`` raises BroadcastUnavailable (it must)."""
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    with pytest.raises(BroadcastUnavailable):
+        await asyncio.wait_for(awaitable, 30)
+    return loop.time() - began
+
+
+async def subscribe_once(broadcaster: RedisBroadcaster, channel: str) -> None:
+    async with broadcaster.subscribe(channel):
+        pass
+
+
+async def test_frozen_redis_costs_the_first_caller_one_timeout_and_the_next_nothing(
+    redis_server, quick, caplog
+):
+    assert await quick.publish("warm", 1) == 0  # a pooled connection exists
+    redis_server.freeze()
+    publishers = [await timed_failure(quick.publish("a", n)) for n in range(10)]
+    subscriber = await timed_failure(subscribe_once(quick, "a"))
+    print(
+        f"frozen Redis, timeout {TIMEOUT}s: 503 after {publishers[0]:.3f}s (1st caller), "
+        f"{publishers[9]:.4f}s (10th), {subscriber:.4f}s (a subscriber)"
+    )
+    assert TIMEOUT * 0.9 <= publishers[0] <= TIMEOUT + 0.4
+    assert max(publishers[1:]) < 0.05, publishers
+    assert subscriber < 0.05
+    assert quick.unavailable
+    opened = [r for r in caplog.records if "did not answer" in r.getMessage()]
+    assert [r.levelno for r in opened] == [logging.WARNING]
+
+    # Still frozen after retry_after: one caller probes (one timeout), the others
+    # meanwhile fail at once.
+    await wait_until(lambda: time.monotonic() >= quick._probe_at, what="the probe time")
+    probe = asyncio.ensure_future(timed_failure(quick.publish("a", "probe")))
+    await settle()
+    assert await timed_failure(quick.publish("a", "meanwhile")) < 0.05
+    assert TIMEOUT * 0.9 <= await probe <= TIMEOUT + 0.4
+
+    # Back again: after retry_after, one probe closes the circuit.
+    redis_server.thaw()
+
+    async def publishes() -> bool:
+        try:
+            await quick.publish("a", "back")
+        except BroadcastUnavailable:
+            return False
+        return True
+
+    await wait_until(publishes, what="publishing again after Redis thawed")
+    assert not quick.unavailable
+    assert errors(caplog) == []
+
+
+async def test_concurrent_callers_on_a_frozen_redis_wait_one_timeout_at_most(redis_server, quick):
+    assert await quick.publish("warm", 1) == 0
+    redis_server.freeze()
+    times = await asyncio.gather(
+        *(timed_failure(quick.publish("a", n)) for n in range(10)),
+        *(timed_failure(subscribe_once(quick, f"c{n}")) for n in range(5)),
+    )
+    assert max(times) <= TIMEOUT + 0.4, times
+
+
+async def test_frozen_redis_ends_subscriptions_within_the_stated_bound(redis_server, quick, caplog):
+    async with quick.subscribe("a") as messages:
+        await quick.publish("a", 1)
+        assert await asyncio.wait_for(messages.__anext__(), 2) == 1
+        loop = asyncio.get_running_loop()
+        redis_server.freeze()
+        began = loop.time()
+        rest = asyncio.ensure_future(messages.__anext__())
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(rest, 10)
+        detected = loop.time() - began
+    print(f"frozen Redis: subscription ended after {detected:.2f}s")
+    assert messages.ended is EndReason.CONNECTION_LOST
+    assert detected <= quick.health_check_interval + quick.timeout + 1.0
+    assert errors(caplog) == []
+
+
+async def test_a_silently_dead_connection_is_detected_and_ends_subscriptions(proxy, caplog):
+    broadcaster = RedisBroadcaster(proxy.url, timeout=TIMEOUT, health_check_interval=0.5)
+    try:
+        async with broadcaster.subscribe("a") as messages:
+            await broadcaster.publish("a", "before")
+            assert await asyncio.wait_for(messages.__anext__(), 2) == "before"
+            loop = asyncio.get_running_loop()
+            proxy.partition()
+            began = loop.time()
+            rest = asyncio.ensure_future(messages.__anext__())
+            with pytest.raises(StopAsyncIteration):
+                await asyncio.wait_for(rest, 10)
+            detected = loop.time() - began
+            assert messages.ended is EndReason.CONNECTION_LOST
+        bound = broadcaster.health_check_interval + broadcaster.timeout + 1.0
+        print(f"partitioned Redis: dead connection detected after {detected:.2f}s (bound {bound}s)")
+        assert detected <= bound
+        lost = [r for r in caplog.records if "Redis connection lost" in r.getMessage()]
+        assert [r.levelno for r in lost] == [logging.WARNING]
+
+        # New callers: one timeout for the first, then at once.
+        first = await timed_failure(broadcaster.publish("a", 1))
+        tenth = [await timed_failure(broadcaster.publish("a", n)) for n in range(9)][-1]
+        print(f"partitioned Redis: 503 after {first:.3f}s (1st caller), {tenth:.4f}s (10th)")
+        assert first <= TIMEOUT + 0.4
+        assert tenth < 0.05
+
+        proxy.heal()
+
+        async def subscribes() -> bool:
+            try:
+                await subscribe_once(broadcaster, "a")
+            except BroadcastUnavailable:
+                return False
+            return True
+
+        await wait_until(subscribes, what="subscribing again once the partition healed")
+        assert errors(caplog) == []
+    finally:
+        await broadcaster.close()
+
+
+async def test_killed_and_restarted_redis_is_used_again_at_once(redis_server, quick):
+    async with quick.subscribe("a") as messages:
+        redis_server.kill()
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(messages.__anext__(), 5)
+    # Refused connections fail fast on their own: no circuit, no waiting after a restart.
+    assert await timed_failure(quick.publish("a", 1)) < TIMEOUT
+    assert not quick.unavailable
+    redis_server.start()
+    async with quick.subscribe("a") as again:
+        await quick.publish("a", "back")
+        assert await asyncio.wait_for(again.__anext__(), 2) == "back"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "error"),
+    [
+        ("timeout", 0, ValueError),
+        ("timeout", float("nan"), ValueError),
+        ("health_check_interval", -1, ValueError),
+        ("retry_after", float("inf"), ValueError),
+        ("retry_after", "1", TypeError),
+        ("timeout", True, TypeError),
+    ],
+)
+async def test_bad_durations_are_refused_at_construction(name, value, error):
+    with pytest.raises(error, match=name):
+        RedisBroadcaster(**{name: value})

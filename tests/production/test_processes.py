@@ -6,17 +6,24 @@ forked workers) and sends real signals with ``os.kill``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
+import socket
+import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import tornado.web
 
 from tests.proc_support import AppProcess, Reply, request
 from tests.servers import free_port
+from tests.support import nothing_happens_within_sync, wait_until_sync
+from tornado_jsonservlet import serve
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 
@@ -205,4 +212,210 @@ def test_abandoned_requests_end_with_the_process_and_no_error(start):
     assert "Shutdown: abandoning GET /plain?delay=20 (not a toolkit handler)" in log
     assert "2 abandoned" in log
     assert "finished post" not in log
+    app.assert_clean_log()
+
+
+# -- every way a stop signal can arrive ---------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie counts as gone: it only waits to be reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rpartition(b")")[2].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+def _signal_idle(app: AppProcess, pids: set[int], how: str) -> None:
+    group = (app.proc.pid, *pids)
+    if how == "group":  # systemd's default KillMode=control-group
+        for pid in group:
+            os.kill(pid, signal.SIGTERM)
+    elif how == "parent":  # docker stop, Kubernetes
+        os.kill(app.proc.pid, signal.SIGTERM)
+    elif how == "parent-twice":
+        os.kill(app.proc.pid, signal.SIGTERM)
+        os.kill(app.proc.pid, signal.SIGTERM)
+    elif how == "group-twice":
+        for _ in range(2):
+            for pid in group:
+                os.kill(pid, signal.SIGTERM)
+    elif how == "group-then-again":  # a second stop once the workers drained
+        for pid in group:
+            os.kill(pid, signal.SIGTERM)
+        app.wait_for(r"Shutdown complete in", 2)
+        for pid in group:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+
+@pytest.mark.parametrize(
+    "how", ["group", "parent", "parent-twice", "group-twice", "group-then-again"]
+)
+def test_idle_workers_exit_0_however_the_stop_signal_arrives(start, how):
+    statuses = []
+    for attempt in range(3):  # the races are between processes: give them a few chances
+        app = start("--processes=2", "--grace=1", "--abandon-after=1")
+        pids = app.worker_pids(2)
+        assert request(app.port, "GET", "/plain").status == 200
+        _signal_idle(app, pids, how)
+        statuses.append(app.proc.wait(timeout=20))
+        assert not [pid for pid in pids if _alive(pid)], f"orphaned workers ({how}, {attempt})"
+        app.assert_clean_log()
+    print(f"exit status under SIGTERM ({how}), 3 runs:", statuses)
+    assert statuses == [0, 0, 0], statuses
+
+
+@pytest.mark.parametrize("how", ["once", "twice"])
+def test_a_single_process_server_exits_0_on_sigterm(start, how):
+    app = start("--grace=1")
+    app.wait_for(r"process \(pid \d+\) serving")
+    os.kill(app.proc.pid, signal.SIGTERM)
+    if how == "twice":
+        app.wait_for(r"Shutdown complete in")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(app.proc.pid, signal.SIGTERM)
+    assert app.proc.wait(timeout=20) == 0
+    app.assert_clean_log()
+
+
+# -- supervision ----------------------------------------------------------------------
+
+
+def test_a_crash_looping_worker_backs_off_and_giving_up_leaves_no_orphans(start, tmp_path):
+    crash_file = tmp_path / "crash"
+    app = start(
+        "--processes=2",
+        "--grace=1",
+        "--abandon-after=1",
+        "--max-restarts=4",
+        env={"PRODUCTION_APP_CRASH_FILE": str(crash_file)},
+    )
+    pids = app.worker_pids(2)
+    crash_file.touch()  # from now on, every new worker dies while starting
+    began = time.monotonic()
+    assert request(app.port, "GET", "/crash").status == 0  # one worker dies
+    status = app.proc.wait(timeout=30)
+    took = time.monotonic() - began
+    log = app.log
+    delays = [float(d) for d in re.findall(r"restarting in ([\d.]+)s", log)]
+    print(f"crash loop: restarts after {delays}, gave up after {took:.2f}s, exit {status}")
+    # The crash, then three restarts that crashed too, each later than the last;
+    # the fourth restart's crash exceeds max_restarts.
+    assert delays == [0.1, 0.2, 0.4, 0.8]
+    assert took >= sum(delays)
+    assert "not restarted" in log
+    assert "max_restarts=4" in log
+    assert status == 1
+    assert not [pid for pid in pids if _alive(pid)], "a healthy worker was left running"
+    assert "All workers stopped" in log
+
+
+def test_a_worker_that_cannot_start_is_reported_once(start):
+    app = start("--processes=2", env={"PRODUCTION_APP_FAIL_START": "1"})
+    assert app.proc.wait(timeout=30) == 1
+    log = app.log
+    print(log)
+    # Each worker says why, once, with its traceback; the parent says what it does.
+    assert 1 <= log.count("cannot start:") <= 2
+    assert log.count("RuntimeError: database unreachable") == log.count("cannot start:")
+    assert log.count("not retrying") == 1
+    assert "restarting in" not in log
+    assert not re.findall(r"worker \d+ \(pid \d+\) serving", log)
+
+
+def test_an_async_factory_and_lifecycle_hooks_run_in_each_worker(start):
+    app = start("--processes=2", "--grace=1", "--hooks")
+    pids = app.worker_pids(2)
+    assert request(app.port, "GET", "/plain").status == 200
+    os.kill(app.proc.pid, signal.SIGTERM)
+    assert app.proc.wait(timeout=20) == 0
+    log = app.log
+    for what in ("factory ran", "startup hook", "shutdown hook", "async shutdown hook"):
+        ran_in = {int(pid) for pid in re.findall(rf"{what} in pid (\d+)", log)}
+        assert ran_in == pids, (what, log)
+    for pid in pids:
+        # Startup before serving; shutdown hooks after the drain, in reverse order.
+        lines = [line for line in log.splitlines() if f"pid={pid} " in line]
+        order = [
+            next(i for i, line in enumerate(lines) if marker in line)
+            for marker in (
+                "startup hook",
+                "serving on",
+                "Shutdown complete",
+                "production_app async shutdown hook",
+                "production_app shutdown hook",
+            )
+        ]
+        assert order[:3] == sorted(order[:3]), lines
+        assert order[3] < order[4], lines
+    app.assert_clean_log()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_workers_stop_when_the_parent_is_killed(start):
+    # SIGKILL gives the parent no chance to stop them; the kernel tells them instead.
+    app = start("--processes=2", "--grace=1", "--abandon-after=1")
+    pids = app.worker_pids(2)
+    os.kill(app.proc.pid, signal.SIGKILL)
+    app.proc.wait(timeout=10)
+    wait_until_sync(
+        lambda: not [pid for pid in pids if _alive(pid)], what="the orphaned workers exiting"
+    )
+    assert len(re.findall(r"Shutdown complete in", app.log)) == 2
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"on_startup": "not callable"}, TypeError),
+        ({"on_shutdown": [print, 3]}, TypeError),
+        ({"max_restarts": -1}, ValueError),
+        ({"max_restarts": True}, ValueError),
+        ({"processes": 2.0}, ValueError),
+    ],
+)
+def test_serve_refuses_bad_arguments_before_binding(options, error):
+    port = free_port()
+    with pytest.raises(error):
+        serve(lambda: tornado.web.Application(), port, **options)
+    with socket.create_server(("127.0.0.1", port)):  # nothing was left bound
+        pass
+
+
+def test_a_worker_that_cannot_start_after_a_crash_is_retried_and_reported_once(start, tmp_path):
+    fail_file = tmp_path / "database-down"
+    app = start(
+        "--processes=2",
+        "--grace=1",
+        "--abandon-after=1",
+        env={"PRODUCTION_APP_FAIL_START_FILE": str(fail_file)},
+    )
+    app.worker_pids(2)
+    fail_file.touch()  # the database goes away: new workers cannot start
+    assert request(app.port, "GET", "/crash").status == 0
+    app.wait_for(r"could not start: exit status 3 after [\d.]+s; restarting in", timeout=10)
+    nothing_happens_within_sync(1.5, what="a second report of the same start failure")
+    fail_file.unlink()  # the database is back
+    app.wait_for(r"Worker \d started again \(pid \d+\)", timeout=10)
+    assert request(app.port, "GET", "/plain").status == 200
+    log = app.log
+    assert log.count("cannot start:") == 1, log  # the worker's ERROR, with its traceback
+    assert log.count("could not start:") == 1, log  # the parent's WARNING
+    assert app.stop() == 0
+
+
+def test_lifecycle_hooks_run_in_a_single_process_server(start):
+    app = start("--grace=1", "--hooks")
+    app.wait_for(r"process \(pid \d+\) serving")
+    assert request(app.port, "GET", "/plain").status == 200
+    os.kill(app.proc.pid, signal.SIGTERM)
+    assert app.proc.wait(timeout=20) == 0
+    log = app.log
+    pid = app.proc.pid
+    for what in ("factory ran", "startup hook", "shutdown hook", "async shutdown hook"):
+        assert f"{what} in pid {pid}" in log, log
+    assert log.index("startup hook") < log.index("serving on") < log.index("Shutdown complete")
+    assert log.index("Shutdown complete") < log.index("async shutdown hook")
     app.assert_clean_log()

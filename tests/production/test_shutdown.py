@@ -6,11 +6,15 @@ The multi-process and signal tests are in ``test_processes.py``.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import logging
 import math
+import os
 import socket
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import tornado.httpserver
@@ -19,15 +23,28 @@ import tornado.web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPResponse
 from tornado.testing import bind_unused_port
 
-from tests.support import Probe, access_lines, settle, wait_until
+from tests.proc_support import ROOT
+from tests.sse_client import StreamReader
+from tests.support import (
+    Probe,
+    access_lines,
+    access_statuses,
+    nothing_happens_within_sync,
+    settle,
+    wait_until,
+    wait_until_sync,
+)
 from tornado_jsonservlet import (
     SHUTTING_DOWN,
     CancelOnDisconnectMixin,
     DrainingHTTPServer,
+    EventStreamMixin,
     GracefulShutdown,
     JsonErrorMixin,
+    JsonLinesMixin,
     RequestIdMixin,
     serve,
+    shutdown_notice,
 )
 from tornado_jsonservlet.core.cancellation import running_requests
 from tornado_jsonservlet.testing import RawHTTPConnection
@@ -258,3 +275,244 @@ async def test_the_in_flight_registry_holds_running_toolkit_requests_only(served
     assert (await plain).code == 200
     assert running_requests() == []
     assert served.server.busy_connections == 0
+
+
+# -- streams, notices, and several servers in one process ---------------------------
+
+
+class Ticker(EventStreamMixin, tornado.web.RequestHandler):
+    """An SSE stream that never ends by itself."""
+
+    heartbeat_interval = None
+
+    def initialize(self, probe: Probe) -> None:
+        self.probe = probe
+
+    async def get(self) -> None:
+        n = 0
+        try:
+            while True:
+                await self.send_event({"n": n})
+                n += 1
+                await asyncio.sleep(0.05)
+        finally:
+            self.probe.hit("ticker cleanup")
+
+
+class Export(JsonLinesMixin, tornado.web.RequestHandler):
+    def initialize(self, probe: Probe) -> None:
+        self.probe = probe
+
+    async def get(self) -> None:
+        async def rows() -> AsyncIterator[dict[str, int]]:
+            n = 0
+            try:
+                while True:
+                    yield {"row": n}
+                    n += 1
+                    await asyncio.sleep(0.05)
+            finally:
+                self.probe.hit("export cleanup")
+
+        await self.stream_json_lines(rows())
+
+
+class Poll(CancelOnDisconnectMixin, tornado.web.RequestHandler):
+    """A long poll that answers as soon as its server begins to drain."""
+
+    async def get(self) -> None:
+        notice = shutdown_notice(self)
+        try:
+            await asyncio.wait_for(notice, 30)
+        except asyncio.TimeoutError:
+            self.write({"news": None})
+            return
+        self.write({"news": "shutting down, reconnect elsewhere"})
+
+
+@pytest.fixture
+def streams(io_loop: tornado.ioloop.IOLoop) -> Iterator[Server]:
+    probe = Probe()
+    app = tornado.web.Application(
+        [
+            (r"/ticker", Ticker, {"probe": probe}),
+            (r"/export", Export, {"probe": probe}),
+            (r"/poll", Poll),
+        ]
+    )
+    sock, port = bind_unused_port()
+    server = DrainingHTTPServer(app)
+    server.add_sockets([sock])
+    yield Server(server, port, probe)
+    server.stop()
+    io_loop.run_sync(server.close_all_connections)
+
+
+async def test_open_streams_end_at_once_and_are_logged_with_the_status_sent(streams, caplog):
+    readers = [
+        await StreamReader.open(streams.port, "/ticker"),
+        await StreamReader.open(streams.port, "/ticker"),
+        await StreamReader.open(streams.port, "/export"),
+    ]
+    try:
+        for reader in readers[:2]:
+            await reader.next_event()
+        await readers[2].read_chunk()
+        poll = streams.fetch("/poll")
+        await wait_until(lambda: streams.server.busy_connections == 4, what="four requests")
+        report = await GracefulShutdown([streams.server], grace=10).shutdown()
+        for reader in readers:
+            await reader.read_until_complete()  # the terminating chunk: a clean end
+            assert reader.status == 200
+        reply = await poll
+    finally:
+        for reader in readers:
+            reader.close()
+    print(f"shutdown with 3 open streams and a long poll: {report.seconds:.2f}s (grace 10s)")
+    assert report.seconds < 1.0  # not the grace period
+    assert report.streams_ended == 3
+    assert (report.cancelled, report.abandoned) == (0, [])
+    assert reply.code == 200
+    assert json.loads(reply.body)["news"].startswith("shutting down")
+    assert streams.probe.count("ticker cleanup") == 2
+    assert streams.probe.count("export cleanup") == 1
+    assert sorted(access_statuses(caplog)) == [200, 200, 200, 200]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_shutdown_notice_outside_a_draining_server_never_comes(io_loop):
+    received: list[asyncio.Future[None]] = []
+
+    class Handler(tornado.web.RequestHandler):
+        async def get(self) -> None:
+            notice = shutdown_notice(self)
+            received.append(notice)
+            self.write("ok")
+
+    app = tornado.web.Application([(r"/", Handler)])
+    sock, port = bind_unused_port()
+    server = tornado.httpserver.HTTPServer(app)
+    server.add_sockets([sock])
+    try:
+        response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/")
+        assert response.body == b"ok"
+        assert not received[0].done()
+    finally:
+        server.stop()
+        await server.close_all_connections()
+
+
+async def test_draining_one_server_leaves_another_servers_requests_alone(io_loop, caplog):
+    # Two servers of one application in one process (say, a public and an admin port).
+    probe = Probe()
+    app = tornado.web.Application([(r"/work", Tracked, {"probe": probe})])
+    servers = []
+    for _ in range(2):
+        sock, port = bind_unused_port()
+        server = DrainingHTTPServer(app)
+        server.add_sockets([sock])
+        servers.append(Server(server, port, probe))
+    drained, other = servers
+    try:
+        mine = drained.fetch("/work?delay=30&tag=mine")
+        # A keep-alive request (AsyncHTTPClient asks for "Connection: close" itself).
+        conn = await RawHTTPConnection.open(other.port)
+        await conn.send_request("GET", "/work?delay=1&tag=theirs")
+        await drained.started("mine", "theirs")
+        report = await GracefulShutdown([drained.server], grace=0.2, abandon_after=2).shutdown()
+        assert (report.in_flight, report.cancelled, report.abandoned) == (1, 1, [])
+        assert report.seconds < 0.9  # it did not wait for the other server's request
+        assert (await mine).code == 503
+        head = await asyncio.wait_for(conn.stream.read_until(b"\r\n\r\n"), 5)
+        conn.close()
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert b"connection: close" not in head.lower()  # keep-alive: not draining
+        assert probe.count("cancelled theirs") == 0
+    finally:
+        for served in servers:
+            served.server.stop()
+            await served.server.close_all_connections()
+
+
+# -- out of file descriptors ------------------------------------------------------------
+
+_LOW_FD_APP = """
+import asyncio, logging, os, resource, sys
+import tornado.web
+from tornado.testing import bind_unused_port
+from tornado_jsonservlet import DrainingHTTPServer
+
+class Hello(tornado.web.RequestHandler):
+    def get(self):
+        self.write("ok")
+
+async def main():
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+    sock, port = bind_unused_port()
+    DrainingHTTPServer(tornado.web.Application([(r"/", Hello)])).add_sockets([sock])
+    in_use = len(os.listdir("/proc/self/fd"))
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 8, hard))  # room for 8 clients
+    print(port, flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", "rb") as stat:
+        fields = stat.read().rpartition(b")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_running_out_of_file_descriptors_pauses_accepting_and_logs_once(tmp_path):
+    log_path = tmp_path / "app.log"
+    with open(log_path, "wb") as log_file:
+        app = subprocess.Popen(
+            [sys.executable, "-c", _LOW_FD_APP],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=log_file,
+        )
+    clients: list[socket.socket] = []
+    try:
+        assert app.stdout is not None
+        port = int(app.stdout.readline())
+        for _ in range(30):  # more than the process can accept
+            clients.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        wait_until_sync(
+            lambda: "Cannot accept connections" in log_path.read_text(),
+            what="the accept error reported",
+        )
+        cpu_before = _cpu_seconds(app.pid)
+        nothing_happens_within_sync(1.0, what="a second report or a busy loop")
+        cpu = _cpu_seconds(app.pid) - cpu_before
+        for client in clients:
+            client.close()
+        clients.clear()
+        # The descriptors are back: the queued and the new connections are served.
+        assert request_sync(port, "/") == b"ok"
+        log = log_path.read_text()
+    finally:
+        for client in clients:
+            client.close()
+        app.kill()
+        app.wait(timeout=10)
+        if app.stdout is not None:
+            app.stdout.close()
+    print(f"EMFILE for 1s: {log.count(chr(10))} log line(s), {cpu:.2f}s of CPU")
+    assert log.count("Cannot accept connections") == 1, log
+    assert "Too many open files" in log
+    assert "ERROR" not in log
+    assert cpu < 0.3  # Tornado's handler spins a whole core here
+
+
+def request_sync(port: int, path: str) -> bytes:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().read()
+    finally:
+        conn.close()

@@ -8,6 +8,7 @@ needed fails the check, so a type that silently widens to ``Any`` is caught.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any, Optional
 
 import tornado.web
@@ -24,6 +25,8 @@ from tornado_jsonservlet import (
     ServletError,
     ServletRegistry,
     require,
+    serve,
+    shutdown_notice,
 )
 from tornado_jsonservlet.jsonio.lane import LowPriorityLane, lane_for_running_loop
 from tornado_jsonservlet.routing.registry import UrlRule
@@ -148,3 +151,28 @@ def interactive_work_without_write_json() -> None:
         assert_type(lane.yielding_to_interactive, bool)
         assert_type(lane.bulk_share, float)
     LowPriorityLane(bulk_share="half")  # type: ignore[arg-type]
+
+
+async def make_app_async() -> tornado.web.Application:
+    return tornado.web.Application()
+
+
+async def close_pool(app: tornado.web.Application) -> None:
+    return None
+
+
+def open_pool(app: tornado.web.Application) -> None:
+    return None
+
+
+def run_with_lifecycle_hooks() -> None:
+    """An async factory and sync/async hooks are accepted by ``serve``."""
+    serve(make_app_async, 8888, on_startup=[open_pool], on_shutdown=close_pool)
+    serve(make_app_async, 8888, on_startup=open_pool, processes="2")  # type: ignore[arg-type]
+
+
+async def stream_until_shutdown(handler: tornado.web.RequestHandler) -> None:
+    notice = shutdown_notice(handler)
+    if TYPE_CHECKING:
+        assert_type(notice, asyncio.Future[None])
+    await notice

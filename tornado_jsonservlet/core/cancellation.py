@@ -135,11 +135,17 @@ class CancelReason:
     ``status``, ``errcode`` and ``message`` make the error response sent when
     the cancellation is absorbed; for :data:`CLIENT_LEFT` nothing is sent (there is
     nobody to send it to) and ``status`` is what the access log records.
+
+    Once the headers went out, the status the client got stays in the access log,
+    and the response is cut, so that a truncated body never passes for a whole
+    one; with ``ends_streams_cleanly``, a streamed response (SSE, JSON lines) is
+    ended normally instead, as its client can resume (a shutdown).
     """
 
     status: int
     errcode: str
     message: str
+    ends_streams_cleanly: bool = False
 
 
 #: The client disconnected: logged as 499, nothing sent.
@@ -518,11 +524,14 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
         super().send_error(status_code, **kwargs)
 
     def _jsonservlet_log(self, write_access_line: Callable[[], None]) -> None:
-        reason: Optional[CancelReason] = scope_of(self).reason
+        scope = scope_of(self)
+        reason: Optional[CancelReason] = scope.reason
         if (
             reason is not None
             and reason.status >= 500
-            and self.get_status() == reason.status
+            # its error response, or a response it cut after the headers (whose
+            # line keeps the status the client got)
+            and (self.get_status() == reason.status or scope.closed_by_server)
             and "log_function" not in self.settings
             and type(self.application).log_request is tornado.web.Application.log_request
         ):
@@ -531,7 +540,7 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
             # the same line, at WARNING.
             access_log.warning(
                 "%d %s %.2fms",
-                reason.status,
+                self.get_status(),
                 tornado_internals.request_summary(self),
                 1000.0 * self.request.request_time(),
             )
@@ -634,8 +643,12 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
             # can reach it, so it ends like one (nothing sent, 499).
             self.finish()
         elif tornado_internals.headers_sent(self):
-            self.set_status(reason.status)
-            abort_response(self)
+            # The status already went out: the access log keeps the one sent.
+            stream_started = getattr(scope.stream, "stream_started", False)
+            if reason.ends_streams_cleanly and stream_started:
+                self.finish()
+            else:
+                abort_response(self)
         elif type(self).write_error is _tornado_write_error:
             # No error rendering of the application's: the toolkit's JSON shape.
             self.clear()

@@ -38,14 +38,18 @@ use it in place of ``HTTPServer`` (``tornado_jsonservlet.processes.serve`` does)
 from __future__ import annotations
 
 import asyncio
+import errno
 import signal
+import socket
 import time
+import weakref
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import tornado.httpserver
 import tornado.httputil
+import tornado.ioloop
 import tornado.web
 from tornado.log import gen_log
 
@@ -55,6 +59,7 @@ from tornado_jsonservlet.core.cancellation import (
     CancelReason,
     running_requests,
 )
+from tornado_jsonservlet.core.scope import scope_of
 
 __all__ = [
     "DEFAULT_ABANDON_AFTER",
@@ -63,10 +68,13 @@ __all__ = [
     "DrainingHTTPServer",
     "GracefulShutdown",
     "ShutdownReport",
+    "shutdown_notice",
 ]
 
 #: The reason given to requests still running when the grace period ends.
-SHUTTING_DOWN = CancelReason(503, "SHUTTING_DOWN", "Server is shutting down, please retry")
+SHUTTING_DOWN = CancelReason(
+    503, "SHUTTING_DOWN", "Server is shutting down, please retry", ends_streams_cleanly=True
+)
 
 DEFAULT_GRACE = 10.0
 DEFAULT_ABANDON_AFTER = 5.0
@@ -118,6 +126,10 @@ class _ConnectionCloseWhileDraining(tornado.web.OutputTransform):
 
     server: DrainingHTTPServer
 
+    def __init__(self, request: tornado.httputil.HTTPServerRequest) -> None:
+        super().__init__(request)
+        self._request = request
+
     def transform_first_chunk(
         self,
         status_code: int,
@@ -125,9 +137,101 @@ class _ConnectionCloseWhileDraining(tornado.web.OutputTransform):
         chunk: bytes,
         finishing: bool,
     ) -> tuple[int, tornado.httputil.HTTPHeaders, bytes]:
-        if self.server._draining:
+        # Several servers may share one application: only this one's requests.
+        if self.server._draining and self.server._serves(self._request):
             headers["Connection"] = "close"
         return status_code, headers, chunk
+
+
+#: accept() errors that say "not now" (out of file descriptors or memory), not "broken".
+_ACCEPT_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_ACCEPT_PAUSE_FIRST = 0.05
+_ACCEPT_PAUSE_MAX = 1.0
+#: At most one log line per this many seconds about accept errors, per socket.
+ACCEPT_ERROR_LOG_PERIOD = 10.0
+
+
+class _PacedAccept:
+    """Accepts connections on one listening socket; pauses when the process is out of
+    file descriptors.
+
+    Tornado's handler lets ``accept()``'s EMFILE escape: the socket stays readable,
+    so the loop calls it again at once, logging a traceback each turn (thousands a
+    second) and spinning a core, while the requests already in the process need the
+    very descriptors it cannot get. Here the socket is left alone for 50 ms, then
+    twice as long each time up to 1 s (the kernel keeps new connections in the
+    backlog; with several workers on one socket, the others accept them), and one
+    WARNING per :data:`ACCEPT_ERROR_LOG_PERIOD` says so, with the count.
+    """
+
+    def __init__(self, sock: socket.socket, on_connection: Callable[[socket.socket, Any], None]):
+        self.sock = sock
+        self.on_connection = on_connection
+        self.io_loop = tornado.ioloop.IOLoop.current()
+        self.pause = 0.0
+        self.timer: Optional[object] = None
+        self.listening = False
+        self.removed = False
+        self.unreported = 0
+        self.reported_at = -float("inf")
+        self._listen()
+
+    def _listen(self) -> None:
+        self.timer = None
+        if not self.removed:
+            self.io_loop.add_handler(self.sock, self._on_readable, tornado.ioloop.IOLoop.READ)
+            self.listening = True
+
+    def _on_readable(self, fd: object, events: int) -> None:
+        for _ in range(128):  # Tornado's batch: then let other callbacks run
+            if self.removed:
+                return
+            try:
+                connection, address = self.sock.accept()
+            except BlockingIOError:
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as error:
+                if error.errno not in _ACCEPT_EXHAUSTED:
+                    raise
+                self._back_off(error)
+                return
+            self.pause = 0.0
+            self.on_connection(connection, address)
+
+    def _back_off(self, error: OSError) -> None:
+        self.io_loop.remove_handler(self.sock)
+        self.listening = False
+        self.pause = min(_ACCEPT_PAUSE_MAX, self.pause * 2 or _ACCEPT_PAUSE_FIRST)
+        self.unreported += 1
+        now = time.monotonic()
+        if now - self.reported_at >= ACCEPT_ERROR_LOG_PERIOD:
+            gen_log.warning(
+                "Cannot accept connections on %s: %s; pausing accepts for %.2fs "
+                "(%d such error(s) since the last report)",
+                self.sock.getsockname(),
+                error.strerror,
+                self.pause,
+                self.unreported,
+            )
+            self.reported_at, self.unreported = now, 0
+        self.timer = self.io_loop.call_later(self.pause, self._listen)
+
+    def remove(self) -> None:
+        self.removed = True
+        if self.timer is not None:
+            self.io_loop.remove_timeout(self.timer)
+            self.timer = None
+        if self.listening:
+            self.io_loop.remove_handler(self.sock)
+            self.listening = False
+
+
+def _start_paced_accept(
+    sock: socket.socket, on_connection: Callable[[socket.socket, Any], None]
+) -> Callable[[], None]:
+    return _PacedAccept(sock, on_connection).remove
 
 
 class DrainingHTTPServer(tornado.httpserver.HTTPServer):
@@ -146,12 +250,18 @@ class DrainingHTTPServer(tornado.httpserver.HTTPServer):
         # is registered when it asks for its first request)
         self._busy: dict[object, Optional[tornado.httputil.RequestStartLine]] = {}
         self._draining = False
+        self._notice: Optional[asyncio.Future[None]] = None
         app = self.request_callback
         if isinstance(app, tornado.web.Application):
             transform = type(
                 "ConnectionCloseWhileDraining", (_ConnectionCloseWhileDraining,), {"server": self}
             )
             app.add_transform(transform)
+
+    def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
+        """As ``HTTPServer.add_sockets``; accept errors such as EMFILE back off (see
+        :class:`_PacedAccept`) instead of spinning and logging on every loop turn."""
+        tornado_internals.add_sockets_accepting_with(self, sockets, _start_paced_accept)
 
     @property
     def draining(self) -> bool:
@@ -177,6 +287,19 @@ class DrainingHTTPServer(tornado.httpserver.HTTPServer):
             return
         self._draining = True
         self.stop()
+        if self._notice is not None and not self._notice.done():
+            self._notice.set_result(None)
+
+    def _drain_notice(self) -> asyncio.Future[None]:
+        if self._notice is None:
+            self._notice = asyncio.get_running_loop().create_future()
+            if self._draining:
+                self._notice.set_result(None)
+        return self._notice
+
+    def _serves(self, request: tornado.httputil.HTTPServerRequest) -> bool:
+        """Whether ``request`` came through one of this server's connections."""
+        return _server_of.get(request.server_connection) is self
 
     # -- HTTPServerConnectionDelegate ------------------------------------------
 
@@ -186,6 +309,7 @@ class DrainingHTTPServer(tornado.httpserver.HTTPServer):
         # Tornado asks for the next request once the previous one is complete.
         known = server_conn in self._busy
         self._busy[server_conn] = None
+        _server_of[server_conn] = self
         if known and self._draining:
             # The previous response said "Connection: close" (or went out before
             # the shutdown began); do not wait for another request.
@@ -200,6 +324,28 @@ class DrainingHTTPServer(tornado.httpserver.HTTPServer):
         super().on_close(server_conn)
 
 
+# The DrainingHTTPServer each server connection belongs to (weak: never keeps one alive).
+_server_of: weakref.WeakKeyDictionary[object, DrainingHTTPServer] = weakref.WeakKeyDictionary()
+
+
+def shutdown_notice(handler: tornado.web.RequestHandler) -> asyncio.Future[None]:
+    """A future that completes when the server serving ``handler`` begins to drain.
+
+    Await it, or give it a done-callback, to end long-lived work at once when a
+    shutdown begins instead of when the grace period runs out: a stream can tell
+    its client to reconnect elsewhere, a long poll can answer now. Each call returns
+    a future of its own: cancelling it (``asyncio.wait_for``, a cancelled request)
+    affects nobody else. For a request not served by a :class:`DrainingHTTPServer`
+    it never completes.
+
+    SSE and JSON-lines streams need nothing of this: a shutdown ends them at once.
+    """
+    server = _server_of.get(handler.request.server_connection)
+    if server is None:
+        return asyncio.get_running_loop().create_future()
+    return asyncio.shield(server._drain_notice())
+
+
 @dataclass
 class ShutdownReport:
     """What a shutdown did, for the final log line and for tests."""
@@ -208,6 +354,8 @@ class ShutdownReport:
     in_flight: int = 0
     #: Requests cancelled after the grace period (their clients got the 503).
     cancelled: int = 0
+    #: Streamed responses (SSE, JSON lines) ended cleanly when the shutdown began.
+    streams_ended: int = 0
     #: One line per request still running at the end (method, URI, handler, age).
     abandoned: list[str] = field(default_factory=list)
     #: Seconds from the signal to the end of the shutdown.
@@ -262,6 +410,8 @@ class GracefulShutdown:
         self._begun: Optional[asyncio.Future[None]] = None
         self._began_at = 0.0
         self._signals: list[signal.Signals] = []
+        self._ignore_after = False
+        self._streams_ended = 0
 
     @property
     def started(self) -> bool:
@@ -269,14 +419,24 @@ class GracefulShutdown:
         return self._begun is not None and self._begun.done()
 
     def install_signal_handlers(
-        self, signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT)
+        self,
+        signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
+        *,
+        ignore_after: bool = False,
     ) -> None:
         """Begin the shutdown on any of ``signals`` (call from the event loop's thread).
 
         A signal received while the shutdown is under way is ignored: a process
         manager may deliver SIGTERM to every process of a group *and* the parent
         may forward its own, and neither must cut the grace period short.
+
+        :param ignore_after: once :meth:`wait` returns, keep ignoring ``signals``
+            instead of restoring their default action. For a process that exits
+            after its shutdown (what ``serve()`` does): a duplicate SIGTERM that
+            arrives while it exits would otherwise kill it, and its exit status
+            would say it failed.
         """
+        self._ignore_after = ignore_after
         loop = asyncio.get_running_loop()
         for sig in signals:
             try:
@@ -293,6 +453,7 @@ class GracefulShutdown:
         self._began_at = time.monotonic()
         for server in self.servers:
             server.start_draining()
+        self._streams_ended = self._end_streams()
         begun.set_result(None)
 
     async def wait(self) -> ShutdownReport:
@@ -318,8 +479,31 @@ class GracefulShutdown:
     def _busy(self) -> int:
         return sum(server.busy_connections for server in self.servers)
 
+    def _running(self) -> list[CancelOnDisconnectMixin]:
+        """The toolkit requests served by *these* servers: another server in the
+        same process (an admin port, a second application) is not ours to drain."""
+        return [
+            handler
+            for handler in running_requests()
+            if any(server._serves(handler.request) for server in self.servers)
+        ]
+
     def _pending(self) -> bool:
-        return bool(self._busy() or running_requests())
+        return bool(self._busy() or self._running())
+
+    def _end_streams(self) -> int:
+        """End every streamed response at once; their clients reconnect elsewhere.
+
+        A stream never finishes by itself: waiting for it would only spend the
+        whole grace period. Its headers (200) went out, so the stream ends
+        normally and the access log says 200.
+        """
+        ended = 0
+        for handler in self._running():
+            if getattr(scope_of(handler).stream, "stream_started", False):
+                handler.cancel_request(SHUTTING_DOWN)
+                ended += 1
+        return ended
 
     async def _wait_until_idle(self, deadline: float) -> bool:
         """Poll until nothing is in flight (True) or ``deadline`` passes (False).
@@ -335,7 +519,8 @@ class GracefulShutdown:
 
     async def _drain(self) -> ShutdownReport:
         report = ShutdownReport(
-            in_flight=max(self._busy(), len(running_requests())),
+            in_flight=max(self._busy(), len(self._running())),
+            streams_ended=self._streams_ended,
         )
         gen_log.info(
             "Shutting down: stopped accepting, %d request(s) in flight, grace %.1fs",
@@ -344,7 +529,7 @@ class GracefulShutdown:
         )
         if not await self._wait_until_idle(self._began_at + self.grace):
             report.cancelled = await self._cancel_the_rest()
-        running = running_requests()
+        running = self._running()
         report.abandoned = [_describe(handler) for handler in running]
         toolkit_connections = {handler.request.server_connection for handler in running}
         for server in self.servers:
@@ -375,7 +560,7 @@ class GracefulShutdown:
         told: list[CancelOnDisconnectMixin] = []
         deadline = time.monotonic() + self.abandon_after
         while True:
-            for handler in running_requests():
+            for handler in self._running():
                 if handler not in told:
                     told.append(handler)
                     handler.cancel_request(SHUTTING_DOWN)
@@ -400,9 +585,20 @@ class GracefulShutdown:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # pragma: no cover
             return
-        for sig in self._signals:
-            try:
-                loop.remove_signal_handler(sig)
-            except NotImplementedError:  # pragma: no cover - Windows event loops
-                signal.signal(sig, signal.SIG_DFL)
+        # Blocked meanwhile: between removing the handler (asyncio restores the
+        # default action) and ignoring the signal, a duplicate would kill us.
+        block = self._ignore_after and hasattr(signal, "pthread_sigmask")
+        if block:
+            signal.pthread_sigmask(signal.SIG_BLOCK, self._signals)
+        try:
+            for sig in self._signals:
+                try:
+                    loop.remove_signal_handler(sig)
+                except NotImplementedError:  # pragma: no cover - Windows event loops
+                    signal.signal(sig, signal.SIG_DFL)
+                if self._ignore_after:
+                    signal.signal(sig, signal.SIG_IGN)
+        finally:
+            if block:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, self._signals)
         self._signals.clear()
