@@ -60,6 +60,7 @@ from .production.request_id import RequestIdLogFilter, RequestIdMixin, current_r
 from .production.shutdown import SHUTTING_DOWN, DrainingHTTPServer, GracefulShutdown
 from .routing.registry import ServletRegistry
 from .routing.servlets import HtmlServlet, JsonServlet
+from .routing.signatures import Header, ValidationFailed
 from .streams.broadcast import (
     Broadcaster,
     BroadcastUnavailable,
@@ -96,6 +97,7 @@ __all__ = [
     "EventStreamServlet",
     "Forbidden",
     "GracefulShutdown",
+    "Header",
     "HtmlErrorMixin",
     "HtmlServlet",
     "InMemoryBroadcaster",
@@ -125,6 +127,7 @@ __all__ = [
     "TooManyRequests",
     "Unauthorized",
     "UnsupportedMediaType",
+    "ValidationFailed",
     "__version__",
     "active_backend",
     "cancellable",

@@ -8,12 +8,14 @@ needed fails the check, so a type that silently widens to ``Any`` is caught.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
+import msgspec
 import tornado.web
 
 from tornado_jsonservlet import (
     CancelOnDisconnectMixin,
+    Header,
     HtmlServlet,
     InMemoryMetrics,
     JsonErrorMixin,
@@ -133,3 +135,33 @@ def interactive_work_without_write_json() -> None:
         assert_type(lane.yielding_to_interactive, bool)
         assert_type(lane.bulk_share, float)
     LowPriorityLane(bulk_share="half")  # type: ignore[arg-type]
+
+
+# -- typed servlets (issue 21) ---------------------------------------------------------
+
+
+class NewUser(msgspec.Struct):
+    name: str
+
+
+class UserOut(msgspec.Struct):
+    id: int
+    name: str
+
+
+class TypedUsers(JsonServlet):
+    PATTERNS = ["/typed-users/{user_id:int}"]  # a list, as the README writes it
+    validation_status = 422
+
+    async def on_PUT(
+        self,
+        user_id: int,
+        body: NewUser,
+        *,
+        dry_run: bool = False,
+        trace: Annotated[Optional[str], Header("X-Trace")] = None,
+    ) -> UserOut:
+        return UserOut(user_id, body.name)
+
+
+registry.register(TypedUsers)

@@ -54,7 +54,9 @@ from tornado_jsonservlet.routing.servlets import (
     JsonServlet,
     ServletRoute,
     implemented_methods,
+    is_servlet,
 )
+from tornado_jsonservlet.routing.signatures import check_servlet_class, signature_of
 
 __all__ = ["CONVERTERS", "Converter", "ServletRegistry", "UrlRule", "UrlRules"]
 
@@ -159,8 +161,12 @@ class ServletRegistry:
                 f"{label}: initialize() does not accept {sorted(init_kwargs)}: {error}"
             ) from None
         base_name = name or label
+        methods = implemented_methods(servlet_cls)
+        if is_servlet(servlet_cls):
+            check_servlet_class(servlet_cls, label, [m for m in methods if m in SERVLET_METHODS])
         endpoints = []
         for index, pattern in enumerate(pattern_list):
+            _check_foreign_syntax(label, pattern)
             try:
                 compiled = compile_pattern(pattern)
             except (ValueError, re.error) as error:
@@ -169,7 +175,11 @@ class ServletRegistry:
             endpoints.append(
                 _Endpoint(servlet_cls, pattern, compiled, endpoint_name, dict(init_kwargs))
             )
-        self._add(endpoints, implemented_methods(servlet_cls))
+        keys = [endpoint.compiled.key for endpoint in endpoints]
+        if is_servlet(servlet_cls) and len(set(keys)) == len(keys):
+            for endpoint in endpoints:
+                _read_signatures(servlet_cls, methods, endpoint.compiled, label)
+        self._add(endpoints, methods)
 
     def route(
         self, template: str, methods: Sequence[str] = ("GET",), *, name: Optional[str] = None
@@ -237,6 +247,13 @@ class ServletRegistry:
         servlet: Any = endpoint.servlet
         for method in methods:
             setattr(servlet, f"on_{method}", _route_method(fn))
+        try:
+            _read_signatures(servlet, methods, endpoint.compiled, _label(servlet))
+        except TypeError:
+            for method in methods:
+                delattr(servlet, f"on_{method}")
+            raise
+        for method in methods:
             self._by_key[(method, regex)] = endpoint
         servlet.allowed_methods = implemented_methods(servlet)
         return True
@@ -370,6 +387,36 @@ def _route_method(fn: Callable[..., Any]) -> Callable[..., Any]:
         return fn(self, **params)
 
     return call
+
+
+_FOREIGN_SYNTAX = (
+    (re.compile(r"<(?:[A-Za-z_]+:)?[A-Za-z_][A-Za-z0-9_]*>"), "Flask/aiohttp-style <name>"),
+    (re.compile(r"(?:^|/):[A-Za-z_][A-Za-z0-9_]*"), "Express/Rails-style :name"),
+)
+
+
+def _check_foreign_syntax(label: str, pattern: str) -> None:
+    """``/a/<int:x>`` and ``/users/:id`` would be matched as literal text: refuse them."""
+    if pattern.startswith("^") or "(?P<" in pattern:
+        return  # a raw regex is taken as it is
+    for regex, what in _FOREIGN_SYNTAX:
+        found = regex.search(pattern)
+        if found:
+            raise ValueError(
+                f"{label}: pattern {pattern!r} uses {what} parameter syntax "
+                f"({found.group(0).lstrip('/')!r}), which would match only that literal text; "
+                "write parameters as {name} or {name:int}"
+            )
+
+
+def _read_signatures(
+    servlet: type, methods: Iterable[str], compiled: CompiledPattern, label: str
+) -> None:
+    """Read each method's signature now, so that mistakes raise at registration."""
+    names = re.compile(compiled.regex).groupindex.keys()
+    for method in methods:
+        if method in SERVLET_METHODS:
+            signature_of(servlet, method, names, label)
 
 
 def _label(servlet: type) -> str:
