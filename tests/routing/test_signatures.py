@@ -291,7 +291,7 @@ async def test_query_arguments_are_converted(http_client: Any, base_url: str) ->
         "tags": ["a", "b"],
         "color": "blue",
         "mode": "b",
-        "since": "2024-01-02T03:04:05+00:00",
+        "since": "2024-01-02T03:04:05Z",
         "ref": "12345678-1234-1234-1234-123456789abc",
         "ratio": 0.5,
         "verbose": True,

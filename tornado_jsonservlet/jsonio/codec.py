@@ -13,7 +13,7 @@ or refused by both, with the same exception and message:
   ``null``, silently turning a number into nothing; its output is therefore checked.)
 * Strings with lone surrogates: ``ValueError``.
 * Common Python values are written the same way by both: ``datetime``, ``date`` and
-  ``time`` as ISO 8601 strings, dataclasses as objects, msgspec Structs and pydantic
+  ``time`` as ISO 8601 strings (UTC as ``Z``, as msgspec writes them), dataclasses as objects, msgspec Structs and pydantic
   models as what they dump to in JSON mode. ``encode(obj, default=fn)`` (the
   ``json_default`` application setting for ``write_json`` and servlets) handles
   other types: ``fn(value)`` returns something JSON can hold, or raises ``TypeError``.
@@ -113,7 +113,11 @@ def _extended(value: Any, hook: Optional[Callable[[Any], Any]]) -> Any:
         return str(value)
     if isinstance(value, enum.Enum):
         return value.value
-    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+    if isinstance(value, datetime.datetime):
+        # RFC 3339's "Z" for UTC, as msgspec writes typed returns: one spelling.
+        text = value.isoformat()
+        return text[:-6] + "Z" if text.endswith("+00:00") else text
+    if isinstance(value, (datetime.date, datetime.time)):
         return value.isoformat()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
@@ -132,6 +136,31 @@ def _ujson_default(value: Any) -> Any:
     return _extended(value, None)
 
 
+class _RawJson:
+    """Already-encoded JSON that ujson inserts as it is (through ``__json__``)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __json__(self) -> str:
+        return self.text
+
+
+def _canonical_default(hook: Optional[Callable[[Any], Any]]) -> Callable[[Any], Any]:
+    """ujson with ``sort_keys`` writes a dict returned by ``default`` as ``{}``: such
+    values are encoded on their own, sorted, and inserted as raw JSON."""
+
+    def default(value: Any) -> Any:
+        converted = _extended(value, hook)
+        if isinstance(converted, (dict, list)):
+            return _RawJson(_ujson_dumps(converted, True, hook).decode("utf-8"))
+        return converted
+
+    return default
+
+
 def _ujson_dumps(
     obj: Any, canonical: bool, default: Optional[Callable[[Any], Any]] = None
 ) -> bytes:
@@ -142,7 +171,13 @@ def _ujson_dumps(
             escape_forward_slashes=False,
             allow_nan=False,
             sort_keys=canonical,
-            default=_ujson_default if default is None else _hooked(default),
+            default=(
+                _canonical_default(default)
+                if canonical
+                else _ujson_default
+                if default is None
+                else _hooked(default)
+            ),
         )
         return text.encode("utf-8")
     except (TypeError, ValueError, OverflowError, RecursionError) as error:
