@@ -14,7 +14,8 @@ or refused by both, with the same exception and message:
 * Strings with lone surrogates: ``ValueError``.
 * Common Python values are written the same way by both: ``datetime``, ``date`` and
   ``time`` as ISO 8601 strings (UTC as ``Z``, as msgspec writes them), dataclasses
-  as objects, msgspec Structs and pydantic models as what they dump to in JSON mode. ``encode(obj, default=fn)`` (the
+  as objects, msgspec Structs and pydantic models as what they dump to in JSON mode.
+  ``encode(obj, default=fn)`` (the
   ``json_default`` application setting for ``write_json`` and servlets) handles
   other types: ``fn(value)`` returns something JSON can hold, or raises ``TypeError``.
 * Anything else (``set``, ``bytes``, arbitrary objects):
