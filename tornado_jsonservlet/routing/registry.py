@@ -40,6 +40,7 @@ from tornado.routing import Matcher, Rule, URLSpec
 
 from tornado_jsonservlet.errors.exceptions import NotFound
 from tornado_jsonservlet.production.metrics import ServletMetrics
+from tornado_jsonservlet.routing.openapi import build_document, docs_servlets
 from tornado_jsonservlet.routing.patterns import (
     CONVERTERS,
     CompiledPattern,
@@ -257,6 +258,54 @@ class ServletRegistry:
             self._by_key[(method, regex)] = endpoint
         servlet.allowed_methods = implemented_methods(servlet)
         return True
+
+    def openapi(
+        self,
+        *,
+        title: str,
+        version: str,
+        prefix: str = "",
+        description: Optional[str] = None,
+        servers: Optional[list[dict[str, Any]]] = None,
+    ) -> dict[str, Any]:
+        """The OpenAPI 3.1 document of the registered servlets, as a dict.
+
+        ``prefix`` is the one given to :meth:`urlspecs`. See
+        :mod:`~tornado_jsonservlet.routing.openapi` for what is documented and how.
+        """
+        return build_document(
+            [(endpoint.servlet, endpoint.pattern) for endpoint in self._endpoints],
+            title=title,
+            version=version,
+            prefix=prefix,
+            description=description,
+            servers=servers,
+        )
+
+    def mount_openapi(
+        self,
+        *,
+        title: str,
+        version: str,
+        description: Optional[str] = None,
+        docs: bool = True,
+    ) -> None:
+        """Serve the document at ``<prefix>/openapi.json`` and Swagger UI at ``<prefix>/docs``.
+
+        The document is built at its first request, so servlets registered after
+        this call are in it. The docs page and its assets are served by the
+        application (no CDN).
+
+        :raises RuntimeError: ``docs`` without the ``swagger-ui-py`` package.
+        """
+
+        def document(prefix: str) -> dict[str, Any]:
+            return self.openapi(
+                title=title, version=version, prefix=prefix, description=description
+            )
+
+        for servlet, pattern in docs_servlets(document, title=title, docs=docs):
+            self.register(servlet, [pattern])
 
     def urlspecs(
         self,

@@ -55,6 +55,7 @@ __all__ = [
     "Header",
     "MethodSignature",
     "ValidationFailed",
+    "bounded_int",
     "is_structured",
     "signature_of",
 ]
@@ -295,6 +296,8 @@ def _strip_optional(tp: Any) -> tuple[Any, bool]:
 
 
 def _is_scalar(tp: Any) -> bool:
+    if typing.get_origin(tp) is typing.Annotated:  # constraints: Annotated[int, Meta(ge=0)]
+        tp = typing.get_args(tp)[0]
     if typing.get_origin(tp) is typing.Literal:
         return all(
             isinstance(v, (str, int)) and not isinstance(v, bool) for v in typing.get_args(tp)
@@ -311,7 +314,7 @@ def _input_shape(tp: Any) -> Optional[bool]:
     return False if _is_scalar(inner) else None
 
 
-def _bounded(tp: Any) -> Any:
+def bounded_int(tp: Any) -> Any:
     """``int`` as a signed 64-bit integer: no 4,000-digit numbers from a query string."""
     import msgspec
 
@@ -319,9 +322,9 @@ def _bounded(tp: Any) -> Any:
         return typing.Annotated[int, msgspec.Meta(ge=-_INT64, le=_INT64 - 1)]
     origin = typing.get_origin(tp)
     if origin is Union:
-        return Union[tuple(_bounded(arg) for arg in typing.get_args(tp))]
+        return Union[tuple(bounded_int(arg) for arg in typing.get_args(tp))]
     if origin is list:
-        return list[_bounded(typing.get_args(tp)[0])]  # type: ignore[misc]
+        return list[bounded_int(typing.get_args(tp)[0])]  # type: ignore[misc]
     return tp
 
 
@@ -414,7 +417,10 @@ def _read(
         if typing.get_origin(annotation) is typing.Annotated:
             meta = [m for m in annotation.__metadata__ if isinstance(m, Header)]
             header = meta[0] if meta else None
-            annotation = typing.get_args(annotation)[0]
+            others = tuple(m for m in annotation.__metadata__ if not isinstance(m, Header))
+            base = typing.get_args(annotation)[0]
+            # Header() is ours; other metadata (msgspec.Meta constraints) stays.
+            annotation = typing.Annotated[(base, *others)] if others else base
         required = param.default is inspect.Parameter.empty
         default = None if required else param.default
         if header is None and is_structured(annotation):
@@ -477,7 +483,7 @@ def _struct_for(name: str, params: list[InputParam], msgspec: Any) -> Any:
         return None
     fields: list[Any] = []
     for param in sorted(params, key=lambda p: not p.required):  # required fields first
-        tp = _bounded(param.annotation)
+        tp = bounded_int(param.annotation)
         if param.repeated:
             fields.append((param.name, tp, msgspec.field(default_factory=list)))
         elif param.required:
