@@ -205,6 +205,7 @@ def _short(text: str) -> str:
 
 _LOC_SUFFIX = re.compile(r" - at `\$(.*)`$", re.S)
 _MISSING = re.compile(r"Object missing required field `([^`]*)`")
+_UNKNOWN = re.compile(r"Object contains unknown field `([^`]*)`")
 _LOC_PART = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(-?[0-9]+)\]|\[(.*?)\]")
 
 
@@ -212,16 +213,16 @@ def _split(message: str) -> tuple[list[Any], str]:
     """msgspec's ``"Expected int, got str - at `$.a[0].b`"`` as ``(["a", 0, "b"], msg)``."""
     found = _LOC_SUFFIX.search(message)
     if found is None:
-        name = _missing_field(message)
-        return ([name] if name else []), _short(message)
+        named = _MISSING.match(message) or _UNKNOWN.match(message)
+        return ([named.group(1)] if named else []), _short(message)
     loc: list[Any] = []
     for match in _LOC_PART.finditer(found.group(1)):
         name, index, other = match.groups()
         loc.append(name if name is not None else int(index) if index is not None else other)
     msg = message[: found.start()]
-    missing = _MISSING.match(msg)
-    if missing:
-        loc.append(missing.group(1))
+    named = _MISSING.match(msg) or _UNKNOWN.match(msg)
+    if named:
+        loc.append(named.group(1))
     return loc, _short(msg)
 
 
