@@ -86,7 +86,9 @@ _ERROR_SCHEMA: dict[str, Any] = {
 }
 
 
-def _error_response(description: str) -> dict[str, Any]:
+def _error_response(description: str, html: bool = False) -> dict[str, Any]:
+    if html:  # an HtmlServlet's errors are pages
+        return {"description": description, "content": {"text/html": {"schema": {}}}}
     return {
         "description": description,
         "content": {"application/json": {"schema": {"$ref": _REF.format(name="Error")}}},
@@ -246,13 +248,17 @@ def _operation(
         responses["200"] = {"description": "Success", "content": {kind: {"schema": {}}}}
     if signature.typed:
         status = getattr(servlet, "validation_status", None) or 400
-        responses[str(status)] = _error_response("Invalid input: `details` says where and what")
+        responses[str(status)] = _error_response(
+            "Invalid input: `details` says where and what", html
+        )
     if converters:
-        responses["404"] = _error_response("Not found (or a path parameter of the wrong type)")
+        responses["404"] = _error_response(
+            "Not found (or a path parameter of the wrong type)", html
+        )
     if signature.body is not None:
         responses["413"] = _error_response("Request body too large")
         responses["415"] = _error_response("Request body is not application/json")
-    responses["default"] = _error_response("An error, in the toolkit's error shape")
+    responses["default"] = _error_response("An error, in the toolkit's error shape", html)
     operation["responses"] = responses
     return operation
 

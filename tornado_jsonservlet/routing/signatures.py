@@ -255,6 +255,11 @@ def _convert(target: Any, raw: dict[str, Any], where: str, status: int) -> dict[
         raise _failure(status, kind, where, loc, msg) from None
     out = {field: getattr(value, field) for field in value.__struct_fields__}
     for name, item in out.items():
+        if item is None and name in raw:
+            # msgspec's lax mode reads the text "null" as None: a query argument or
+            # header that is sent has a value; leave it out to mean None.
+            kind = "INVALID_PARAM" if where == "query" else "INVALID_HEADER"
+            raise _failure(status, kind, where, [name], "Expected a value, got `null`")
         for number in item if isinstance(item, list) else (item,):
             if isinstance(number, float) and not math.isfinite(number):
                 kind = "INVALID_PARAM" if where == "query" else "INVALID_HEADER"
