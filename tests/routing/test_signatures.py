@@ -10,6 +10,7 @@ import uuid
 from typing import Annotated, Any, Literal, Optional
 
 import msgspec
+import pydantic
 import pytest
 import tornado.web
 from hypothesis import HealthCheck, given, settings
@@ -263,7 +264,7 @@ class Strict422(JsonServlet):
 @pytest.fixture
 def app() -> tornado.web.Application:
     registry = ServletRegistry()
-    for servlet in (Plain, Typed, Required, Strict422):
+    for servlet in (Plain, Typed, Required, Strict422, PydanticPets):
         registry.register(servlet)
     return tornado.web.Application(registry.urlspecs())
 
@@ -444,3 +445,84 @@ def test_any_query_text_is_a_value_or_a_400(text: str) -> None:
             continue
         assert failure.code == 400
         assert failure.fields["details"][0]["loc"][0] == "query"
+
+
+# -- pydantic v2 models: validated and documented by pydantic -----------------------------
+
+
+class PydanticPet(pydantic.BaseModel):
+    name: str = pydantic.Field(min_length=1)
+    legs: int = pydantic.Field(ge=0, le=8)
+    weight: float = 1.0
+
+
+class PydanticPets(JsonServlet):
+    PATTERNS = ("/pydantic",)
+
+    def on_POST(self, pet: PydanticPet) -> tuple[Literal[201], PydanticPet]:
+        return 201, pet
+
+    def on_PUT(self, pets: list[PydanticPet]) -> list[PydanticPet]:
+        return pets
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    ("method", "raw", "code", "errcode", "loc"),
+    [
+        ("POST", '{"name": "rex", "legs": 4}', 201, None, None),
+        ("PUT", '[{"name": "rex", "legs": 4}]', 200, None, None),
+        ("POST", '{"name": "", "legs": 4}', 400, "INVALID_BODY", ["body", "name"]),
+        ("POST", '{"name": "rex", "legs": 99}', 400, "INVALID_BODY", ["body", "legs"]),
+        (
+            "PUT",
+            '[{"name": "rex", "legs": 4}, {"legs": 1}]',
+            400,
+            "INVALID_BODY",
+            ["body", 1, "name"],
+        ),
+        ("POST", '{"name": "rex", "legs": 4, "weight": NaN}', 400, "BAD_JSON", ["body"]),
+        ("POST", '{"name": "rex", "legs": 4, "weight": 1e400}', 400, "BAD_JSON", ["body"]),
+        (
+            "POST",
+            '{"name": "' + "x" * 60_000 + '", "legs": -1}',
+            400,
+            "INVALID_BODY",
+            ["body", "legs"],
+        ),
+    ],
+)
+async def test_pydantic_bodies(
+    http_client: Any,
+    base_url: str,
+    method: str,
+    raw: str,
+    code: int,
+    errcode: Optional[str],
+    loc: Optional[list[Any]],
+) -> None:
+    got, body = await call(http_client, base_url, "/pydantic", method=method, body=raw)
+    assert got == code
+    if errcode is None:
+        expected = json.loads(raw)
+        for pet in expected if isinstance(expected, list) else [expected]:
+            pet.setdefault("weight", 1.0)
+        assert body == expected
+    else:
+        assert (body["errcode"], body["details"][0]["loc"]) == (errcode, loc)
+        assert len(json.dumps(body)) < 1000
+
+
+def test_pydantic_models_are_documented_by_pydantic() -> None:
+    from openapi_spec_validator import validate
+
+    registry = ServletRegistry()
+    registry.register(PydanticPets)
+    document = registry.openapi(title="t", version="1")
+    validate(document)
+    post = document["paths"]["/pydantic"]["post"]
+    assert post["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/PydanticPet"
+    }
+    assert document["components"]["schemas"]["PydanticPet"]["properties"]["legs"]["maximum"] == 8
+    assert "201" in post["responses"]

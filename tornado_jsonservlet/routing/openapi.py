@@ -49,6 +49,7 @@ from tornado_jsonservlet.routing.signatures import (
     bounded_int,
     is_structured,
     signature_of,
+    uses_pydantic,
 )
 
 __all__ = ["build_document", "docs_servlets"]
@@ -141,10 +142,29 @@ class _Schemas:
             return {}
         import msgspec
 
-        schemas, components = msgspec.json.schema_components(self.types, ref_template=_REF)
-        for (target, key), schema in zip(self.slots, schemas):
+        plain = [i for i, tp in enumerate(self.types) if not uses_pydantic(tp)]
+        schemas, found = msgspec.json.schema_components(
+            [self.types[i] for i in plain], ref_template=_REF
+        )
+        components = dict(found)
+        for index, schema in zip(plain, schemas):
+            target, key = self.slots[index]
             target[key] = schema
-        return dict(components)
+        for index, tp in enumerate(self.types):
+            if index in plain:
+                continue
+            import pydantic
+
+            schema = pydantic.TypeAdapter(tp).json_schema(
+                ref_template=_REF.replace("{name}", "{model}")
+            )
+            components.update(schema.pop("$defs", {}))
+            target, key = self.slots[index]
+            if isinstance(tp, type):  # a model: its own component, as msgspec does
+                components[tp.__name__] = schema
+                schema = {"$ref": _REF.format(name=tp.__name__)}
+            target[key] = schema
+        return components
 
 
 def build_document(

@@ -368,6 +368,9 @@ def _encode_typed(msgspec: Any, body: Any, hook: Any) -> bytes:
 @functools.lru_cache(maxsize=8)
 def _enc_hook(hook: Any) -> Callable[[Any], Any]:
     def enc_hook(value: Any) -> Any:
+        dump = getattr(value, "model_dump", None)
+        if dump is not None and hasattr(type(value), "model_fields"):
+            return dump(mode="json")  # a pydantic model inside a typed return
         if hook is not None:
             return hook(value)
         raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")

@@ -50,14 +50,17 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Optional, Union
 
 from tornado_jsonservlet.errors.exceptions import ServletError
+from tornado_jsonservlet.jsonio.codec import decode
 
 __all__ = [
     "Header",
     "MethodSignature",
     "ValidationFailed",
     "bounded_int",
+    "is_pydantic",
     "is_structured",
     "signature_of",
+    "uses_pydantic",
 ]
 
 _MAX_MESSAGE = 200
@@ -176,6 +179,8 @@ class MethodSignature:
                 "NOT_JSON",
                 details=[{"loc": ["body"], "msg": "a JSON document is required"}],
             )
+        if isinstance(self._body_decoder, _PydanticBody):
+            return self._body_decoder.decode(data, status)
         try:
             return self._body_decoder.decode(data)
         except msgspec.ValidationError as error:
@@ -286,11 +291,66 @@ def is_structured(tp: Any) -> bool:
         return len(args) == 2 and is_structured(args[1])
     if not isinstance(tp, type):
         return False
-    if dataclasses.is_dataclass(tp) or _typeddict(tp):
+    if dataclasses.is_dataclass(tp) or _typeddict(tp) or is_pydantic(tp):
         return True
     return any(
         base.__module__.startswith("msgspec") and base.__name__ == "Struct" for base in tp.__mro__
     )
+
+
+def is_pydantic(tp: Any) -> bool:
+    """A pydantic v2 model class (pydantic itself is not imported for this)."""
+    return isinstance(tp, type) and hasattr(tp, "model_fields") and hasattr(tp, "model_validate")
+
+
+def uses_pydantic(tp: Any) -> bool:
+    """``tp`` is, or holds, a pydantic model: pydantic validates and documents it."""
+    tp = _strip_optional(tp)[0]
+    return is_pydantic(tp) or any(uses_pydantic(arg) for arg in typing.get_args(tp))
+
+
+class _PydanticBody:
+    """A body validated by pydantic, after the toolkit's strict JSON decoding.
+
+    pydantic's own JSON parser accepts ``NaN`` and ``Infinity`` by default; decoding
+    with :func:`~tornado_jsonservlet.jsonio.codec.decode` first keeps one set of JSON
+    rules for every body.
+    """
+
+    __slots__ = ("adapter",)
+
+    def __init__(self, annotation: Any) -> None:
+        import pydantic
+
+        self.adapter = pydantic.TypeAdapter(annotation)
+
+    def decode(self, data: bytes, status: int) -> Any:
+        import pydantic
+
+        try:
+            value = decode(data)
+        except ValueError as error:
+            text = _short(str(error))
+            raise ValidationFailed(
+                status,
+                f"Request body is not valid JSON: {text}",
+                "BAD_JSON",
+                details=[{"loc": ["body"], "msg": text}],
+            ) from None
+        try:
+            return self.adapter.validate_python(value)
+        except pydantic.ValidationError as error:
+            details = [
+                {"loc": ["body", *item["loc"]], "msg": _short(item["msg"])}
+                for item in error.errors(include_url=False, include_input=False)[:20]
+            ]
+            where = ".".join(str(p) for p in details[0]["loc"][1:]) or "(root)"
+            raise ValidationFailed(
+                status,
+                _short(f"Invalid request body at {where}: {details[0]['msg']}"),
+                "INVALID_BODY",
+                details=details,
+            ) from None
 
 
 def _strip_optional(tp: Any) -> tuple[Any, bool]:
@@ -480,8 +540,16 @@ def _read(
         description=description,
         _query_type=_struct_for(f"{label}_{method}_query", query, msgspec),
         _header_type=_struct_for(f"{label}_{method}_headers", headers, msgspec),
-        _body_decoder=msgspec.json.Decoder(body.annotation) if body is not None else None,
+        _body_decoder=_body_decoder(body, msgspec),
     )
+
+
+def _body_decoder(body: Optional[BodyParam], msgspec: Any) -> Any:
+    if body is None:
+        return None
+    if uses_pydantic(body.annotation):
+        return _PydanticBody(body.annotation)
+    return msgspec.json.Decoder(body.annotation)
 
 
 def _struct_for(name: str, params: list[InputParam], msgspec: Any) -> Any:
