@@ -182,6 +182,8 @@ async def test_typed_returns_are_encoded_by_msgspec(http_client: Any, base_url: 
         {"value": 0.0, "at": "2024-01-01T00:00:00Z"},
         {"value": 1.0, "at": "2024-01-01T00:00:00Z"},
     ]
+    head = await http_client.fetch(base_url + "/readings/200", method="HEAD", raise_error=False)
+    assert (head.code, head.body) == (200, b"")
     response = await get(http_client, base_url, "/untyped")
     assert response.code == 201
     assert json.loads(response.body)["item"]["name"] == "é"

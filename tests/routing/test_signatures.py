@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal, Optional
 import msgspec
 import pydantic
 import pytest
+import tornado.httpserver
+import tornado.testing
 import tornado.web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -145,6 +147,49 @@ def test_route_refuses_a_mistaken_signature_and_keeps_nothing() -> None:
 
     specs = registry.urlspecs()
     assert specs[0].handler_class.allowed_methods == ("GET", "HEAD", "OPTIONS")  # type: ignore[union-attr]
+
+
+def test_validation_status_is_checked_where_it_is_set() -> None:
+    with pytest.raises(TypeError, match="validation_status must be 400 or 422, not 500"):
+
+        class Wrong(JsonServlet):
+            PATTERNS = ("/wrong",)
+            validation_status = 500
+
+    registry = ServletRegistry()
+    registry.register(Plain)
+    with pytest.raises(ValueError, match="validation_status setting must be 400 or 422"):
+        registry.urlspecs(settings={"validation_status": 418})
+
+
+@pytest.mark.gen_test
+async def test_validation_status_422_by_application_setting(
+    http_client: Any, base_url: str
+) -> None:
+    # The fixture's app has no setting; a second app with it, served the same way.
+    registry = ServletRegistry()
+    registry.register(Typed)
+    app = tornado.web.Application(registry.urlspecs("/s"), validation_status=422)
+    server = tornado.httpserver.HTTPServer(app)
+    sock, port = tornado.testing.bind_unused_port()
+    server.add_sockets([sock])
+    try:
+        response = await http_client.fetch(
+            f"http://127.0.0.1:{port}/s/typed/1?limit=x", raise_error=False
+        )
+        assert response.code == 422
+        assert json.loads(response.body)["errcode"] == "INVALID_PARAM"
+    finally:
+        server.stop()
+
+
+@pytest.mark.gen_test
+async def test_head_of_a_typed_return_has_no_body(http_client: Any, base_url: str) -> None:
+    for path in ("/typed/7", "/required?q=1"):
+        response = await http_client.fetch(
+            base_url + path, method="HEAD", raise_error=False, headers={"Token": "t"}
+        )
+        assert (response.code, response.body) == (200, b"")
 
 
 def test_patterns_may_be_a_list() -> None:

@@ -363,6 +363,11 @@ class ServletRegistry:
         return specs
 
     def _check_settings(self, settings: Optional[Mapping[str, Any]]) -> None:
+        if settings is not None and settings.get("validation_status", 400) not in (400, 422):
+            raise ValueError(
+                "the validation_status setting must be 400 or 422, not "
+                f"{settings['validation_status']!r}"
+            )
         for servlet in dict.fromkeys(endpoint.servlet for endpoint in self._endpoints):
             check: Optional[Callable[[Mapping[str, Any]], None]] = getattr(
                 servlet, "check_settings", None

@@ -148,6 +148,11 @@ class _ServletBase(
         if "servlet_name" not in cls.__dict__:
             cls.servlet_name = cls.__name__
         cls.allowed_methods = implemented_methods(cls)
+        if cls.validation_status not in (None, 400, 422):
+            raise TypeError(
+                f"{cls.__name__}.validation_status must be 400 or 422, not "
+                f"{cls.validation_status!r}"
+            )
 
     def __init__(
         self,
