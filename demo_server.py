@@ -31,8 +31,10 @@ from __future__ import annotations
 import asyncio
 import datetime
 import functools
+import itertools
 import logging
 import math
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal, Optional
 
 import msgspec
@@ -375,8 +377,8 @@ class UserPage(msgspec.Struct):
 class Users(JsonServlet):
     PATTERNS = ("/users",)
 
-    def initialize(self, store: dict[int, User]) -> None:
-        self.store = store
+    def initialize(self, store: dict[int, User], ids: Iterator[int]) -> None:
+        self.store, self.ids = store, ids
 
     def on_GET(
         self,
@@ -394,7 +396,7 @@ class Users(JsonServlet):
         """Create a user."""
         if len(self.store) >= MAX_USERS:
             raise ServletError(409, "Too many users in this demo", "LIMIT_EXCEEDED")
-        user_id = max(self.store, default=0) + 1
+        user_id = next(self.ids)  # never reused: a deleted user's URL stays a 404
         user = self.store[user_id] = User(**msgspec.structs.asdict(body), id=user_id)
         return 201, user
 
@@ -433,7 +435,7 @@ def make_registry(metrics: InMemoryMetrics | None = None) -> ServletRegistry:
     for servlet in (EchoServlet, SlowServlet, BigServlet, HelloPage, CounterEvents):
         registry.register(servlet)
     store: dict[int, User] = {}
-    registry.register(Users, store=store)
+    registry.register(Users, store=store, ids=itertools.count(1))
     registry.register(UserById, store=store)
     registry.mount_openapi(title="tornado-jsonservlet demo", version="1.0")
 

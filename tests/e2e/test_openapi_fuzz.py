@@ -24,6 +24,13 @@ from tests.proc_support import ROOT, request
 from tests.servers import free_port
 from tests.support import wait_until_sync
 
+pytestmark = pytest.mark.skipif(
+    sys.version_info < (3, 10),
+    reason="the Schemathesis releases for Python 3.9 send header values that Tornado "
+    "answers by closing the connection, which they count as network errors; the run on "
+    "the newest Python covers this test",
+)
+
 FUZZER = [
     sys.executable,
     "-c",

@@ -80,7 +80,7 @@ def test_422_is_documented_when_the_servlet_uses_it() -> None:
         validation_status = 422
 
     registry = ServletRegistry()
-    registry.register(Strict, store={})
+    registry.register(Strict, store={}, ids=iter(range(1, 10)))
     document = registry.openapi(title="t", version="1")
     assert "422" in document["paths"]["/users"]["post"]["responses"]
     validate(document)
@@ -173,9 +173,12 @@ async def test_users_crud(http_client: Any, base_url: str) -> None:
         None,
         created["created"],
     )
-    assert (await call(http_client, base_url, "DELETE", "/users/1")) == (204, None)
-    code, error = await call(http_client, base_url, "GET", "/users/1")
+    assert (await call(http_client, base_url, "DELETE", "/users/2")) == (204, None)
+    code, error = await call(http_client, base_url, "GET", "/users/2")
     assert (code, error["errcode"]) == (404, "NOT_FOUND")
+    # The id of a deleted user is never given again.
+    code, again = await call(http_client, base_url, "POST", "/users", {"name": "B", "email": "b@c"})
+    assert (code, again["id"]) == (201, 3)
 
 
 @pytest.mark.gen_test

@@ -219,7 +219,8 @@ class ServletRegistry:
             for method in wanted:
                 namespace[f"on_{method}"] = _route_method(fn)
             servlet = type(f"Route_{servlet_name}", (JsonServlet,), namespace)
-            servlet.__module__ = fn.__module__
+            # A functools.partial has no __module__ before Python 3.10.
+            servlet.__module__ = getattr(fn, "__module__", None) or servlet.__module__
             self.register(servlet, [template], name=servlet_name)
             return fn
 

@@ -480,12 +480,24 @@ def _read(
             )
         annotation = hints[param.name]
         header: Optional[Header] = None
+        implicit_optional = False
+        if typing.get_origin(annotation) is Union:
+            # Python 3.9 wraps Annotated[...] = None in Optional[...] itself.
+            args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+            if (
+                len(args) == 1
+                and typing.get_origin(args[0]) is typing.Annotated
+                and any(isinstance(m, Header) for m in args[0].__metadata__)
+            ):
+                annotation, implicit_optional = args[0], True
         if typing.get_origin(annotation) is typing.Annotated:
             meta = [m for m in annotation.__metadata__ if isinstance(m, Header)]
             header = meta[0] if meta else None
             others = tuple(m for m in annotation.__metadata__ if not isinstance(m, Header))
             base = typing.get_args(annotation)[0]
             # Header() is ours; other metadata (msgspec.Meta constraints) stays.
+            if implicit_optional:
+                base = Optional[base]
             annotation = typing.Annotated[(base, *others)] if others else base
         required = param.default is inspect.Parameter.empty
         default = None if required else param.default
