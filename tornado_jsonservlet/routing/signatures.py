@@ -494,11 +494,11 @@ def _read(
             meta = [m for m in annotation.__metadata__ if isinstance(m, Header)]
             header = meta[0] if meta else None
             others = tuple(m for m in annotation.__metadata__ if not isinstance(m, Header))
-            base = typing.get_args(annotation)[0]
+            inner: Any = typing.get_args(annotation)[0]
             # Header() is ours; other metadata (msgspec.Meta constraints) stays.
             if implicit_optional:
-                base = Optional[base]
-            annotation = typing.Annotated[(base, *others)] if others else base
+                inner = Optional[inner]
+            annotation = typing.Annotated[(inner, *others)] if others else inner
         required = param.default is inspect.Parameter.empty
         default = None if required else param.default
         if header is None and is_structured(annotation):
