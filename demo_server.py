@@ -24,6 +24,10 @@ each stream after five events, and the browser resumes where it left off.
 ``GET /chain?delay=3`` does the same one hop away: it fetches this server's own
 ``/?delay=3`` through the cancellable HTTP client. Kill the client and both requests
 are cancelled and logged as 499; the inner work never runs.
+
+``/api/v1/users`` is a typed resource (create, list, get, update, delete) whose
+inputs are validated from its methods' type hints; ``/api/v1/docs`` shows it, with
+the rest of the API, from ``/api/v1/openapi.json``.
 """
 
 from __future__ import annotations
