@@ -23,6 +23,7 @@ from tornado_jsonservlet import (
     NotFound,
     ServletError,
     ServletRegistry,
+    ValidationFailed,
     require,
 )
 from tornado_jsonservlet.jsonio.lane import LowPriorityLane, lane_for_running_loop
@@ -165,3 +166,6 @@ class TypedUsers(JsonServlet):
 
 
 registry.register(TypedUsers)
+registry.mount_openapi(title="Users", version="1.0", docs=False)
+openapi_document: dict[str, Any] = registry.openapi(title="Users", version="1.0", prefix="/api")
+failure = ValidationFailed(400, "bad", "INVALID_PARAM", details=[{"loc": ["query", "q"]}])
