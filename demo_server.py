@@ -24,6 +24,10 @@ each stream after five events, and the browser resumes where it left off.
 ``GET /chain?delay=3`` does the same one hop away: it fetches this server's own
 ``/?delay=3`` through the cancellable HTTP client. Kill the client and both requests
 are cancelled and logged as 499; the inner work never runs.
+
+``/api/v1/users`` is a typed resource (create, list, get, update, delete) whose
+inputs are validated from its methods' type hints; ``/api/v1/docs`` shows it, with
+the rest of the API, from ``/api/v1/openapi.json``.
 """
 
 from __future__ import annotations
@@ -31,10 +35,13 @@ from __future__ import annotations
 import asyncio
 import datetime
 import functools
+import itertools
 import logging
 import math
-from typing import Any
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal, Optional
 
+import msgspec
 import tornado.escape
 import tornado.options
 import tornado.web
@@ -342,10 +349,99 @@ def _bounded_float(raw: str, name: str, low: float, high: float) -> float:
     return value
 
 
+# -- a typed resource: /api/v1/users, validated and documented from type hints --------
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+Age = Annotated[int, msgspec.Meta(ge=0, le=150)]
+MAX_USERS = 10_000
+
+
+class UserIn(msgspec.Struct, forbid_unknown_fields=True):
+    """What a client sends to create or replace a user."""
+
+    name: Name
+    email: Annotated[str, msgspec.Meta(pattern=r"^[^@\s]+@[^@\s]+$", max_length=200)]
+    age: Optional[Age] = None
+
+
+class User(UserIn):
+    """A stored user."""
+
+    id: int = 0
+    created: datetime.datetime = msgspec.field(
+        default_factory=lambda: datetime.datetime.now(datetime.timezone.utc)
+    )
+
+
+class UserPage(msgspec.Struct):
+    items: list[User]
+    total: int
+
+
+class Users(JsonServlet):
+    PATTERNS = ("/users",)
+
+    def initialize(self, store: dict[int, User], ids: Iterator[int]) -> None:
+        self.store, self.ids = store, ids
+
+    def on_GET(
+        self,
+        limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 20,
+        offset: Annotated[int, msgspec.Meta(ge=0)] = 0,
+        min_age: Optional[Age] = None,
+        order: Literal["id", "name"] = "id",
+    ) -> UserPage:
+        """List users, filtered by age and paginated."""
+        found = [u for u in self.store.values() if min_age is None or (u.age or 0) >= min_age]
+        found.sort(key=lambda u: u.id if order == "id" else u.name)
+        return UserPage(items=found[offset : offset + limit], total=len(found))
+
+    def on_POST(self, body: UserIn) -> tuple[Literal[201], User]:
+        """Create a user."""
+        if len(self.store) >= MAX_USERS:
+            raise ServletError(409, "Too many users in this demo", "LIMIT_EXCEEDED")
+        user_id = next(self.ids)  # never reused: a deleted user's URL stays a 404
+        user = self.store[user_id] = User(**msgspec.structs.asdict(body), id=user_id)
+        return 201, user
+
+
+class UserById(JsonServlet):
+    PATTERNS = ("/users/{user_id:int}",)
+
+    def initialize(self, store: dict[int, User]) -> None:
+        self.store = store
+
+    def _find(self, user_id: int) -> User:
+        if user_id not in self.store:
+            raise NotFound("No such user")
+        return self.store[user_id]
+
+    def on_GET(self, user_id: int) -> User:
+        """Get one user."""
+        return self._find(user_id)
+
+    def on_PUT(self, user_id: int, body: UserIn) -> User:
+        """Replace a user's fields."""
+        old = self._find(user_id)
+        fields = msgspec.structs.asdict(body)
+        user = self.store[user_id] = User(**fields, id=user_id, created=old.created)
+        return user
+
+    def on_DELETE(self, user_id: int) -> tuple[Literal[204], None]:
+        """Delete a user."""
+        self._find(user_id)
+        del self.store[user_id]
+        return 204, None
+
+
 def make_registry(metrics: InMemoryMetrics | None = None) -> ServletRegistry:
     registry = ServletRegistry(metrics=metrics)
     for servlet in (EchoServlet, SlowServlet, BigServlet, HelloPage, CounterEvents):
         registry.register(servlet)
+    store: dict[int, User] = {}
+    registry.register(Users, store=store, ids=itertools.count(1))
+    registry.register(UserById, store=store)
+    registry.mount_openapi(title="tornado-jsonservlet demo", version="1.0")
 
     @registry.route("/metrics")
     def metrics_view(handler: JsonServlet) -> dict[str, object]:

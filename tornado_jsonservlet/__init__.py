@@ -66,6 +66,7 @@ from .production.shutdown import (
 )
 from .routing.registry import ServletRegistry
 from .routing.servlets import HtmlServlet, JsonServlet
+from .routing.signatures import Header, ValidationFailed
 from .streams.broadcast import (
     Broadcaster,
     BroadcastUnavailable,
@@ -103,6 +104,7 @@ __all__ = [
     "EventStreamServlet",
     "Forbidden",
     "GracefulShutdown",
+    "Header",
     "HtmlErrorMixin",
     "HtmlServlet",
     "InMemoryBroadcaster",
@@ -132,6 +134,7 @@ __all__ = [
     "TooManyRequests",
     "Unauthorized",
     "UnsupportedMediaType",
+    "ValidationFailed",
     "__version__",
     "active_backend",
     "cancellable",

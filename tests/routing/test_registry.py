@@ -564,7 +564,7 @@ def test_same_pattern_by_another_servlet_is_refused():
     registry.register(UserServlet)
 
     class Deleter(JsonServlet):
-        def on_DELETE(self, user_id: str) -> Any:
+        def on_DELETE(self, name: str) -> Any:
             return {}
 
     with pytest.raises(ValueError, match="already served by UserServlet"):

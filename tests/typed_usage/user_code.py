@@ -9,14 +9,16 @@ needed fails the check, so a type that silently widens to ``Any`` is caught.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
+import msgspec
 import tornado.web
 
 from tornado_jsonservlet import (
     WRITE_STALLED,
     CancelOnDisconnectMixin,
     CancelReason,
+    Header,
     HtmlServlet,
     InMemoryMetrics,
     JsonErrorMixin,
@@ -24,6 +26,7 @@ from tornado_jsonservlet import (
     NotFound,
     ServletError,
     ServletRegistry,
+    ValidationFailed,
     require,
     serve,
     shutdown_notice,
@@ -176,3 +179,36 @@ async def stream_until_shutdown(handler: tornado.web.RequestHandler) -> None:
     if TYPE_CHECKING:
         assert_type(notice, asyncio.Future[None])
     await notice
+
+
+# -- typed servlets (issue 21) ---------------------------------------------------------
+
+
+class NewUser(msgspec.Struct):
+    name: str
+
+
+class UserOut(msgspec.Struct):
+    id: int
+    name: str
+
+
+class TypedUsers(JsonServlet):
+    PATTERNS = ["/typed-users/{user_id:int}"]  # a list, as the README writes it
+    validation_status = 422
+
+    async def on_PUT(
+        self,
+        user_id: int,
+        body: NewUser,
+        *,
+        dry_run: bool = False,
+        trace: Annotated[Optional[str], Header("X-Trace")] = None,
+    ) -> UserOut:
+        return UserOut(user_id, body.name)
+
+
+registry.register(TypedUsers)
+registry.mount_openapi(title="Users", version="1.0", docs=False)
+openapi_document: dict[str, Any] = registry.openapi(title="Users", version="1.0", prefix="/api")
+failure = ValidationFailed(400, "bad", "INVALID_PARAM", details=[{"loc": ["query", "q"]}])

@@ -140,7 +140,12 @@ class JsonBodyMixin(tornado.web.RequestHandler):
         body = self.request.body
         return body if isinstance(body, bytes) else b""
 
-    def _jsonservlet_decode_body(self, required: bool, object_required: bool) -> Any:
+    def _jsonservlet_checked_body(self, required: bool) -> Optional[bytes]:
+        """The body's bytes once its size and Content-Type are checked; None if empty.
+
+        Shared by ``json_body`` and typed servlet methods (which decode with msgspec),
+        so that both refuse the same bodies with the same errors.
+        """
         body = self._jsonservlet_body_bytes()
         if len(body) > self.json_body_limit:
             raise self._jsonservlet_too_large()
@@ -153,6 +158,12 @@ class JsonBodyMixin(tornado.web.RequestHandler):
         if self.json_require_content_type and not _is_json_media_type(media):
             fields: dict[str, Any] = {} if media is None else {"content_type": media.essence}
             raise UnsupportedMediaType("Content-Type must be application/json", **fields)
+        return body
+
+    def _jsonservlet_decode_body(self, required: bool, object_required: bool) -> Any:
+        body = self._jsonservlet_checked_body(required)
+        if body is None:
+            return None
         try:
             value = decode(body)
         except ValueError as error:

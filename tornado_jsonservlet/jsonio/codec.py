@@ -12,8 +12,14 @@ or refused by both, with the same exception and message:
 * NaN and infinity have no JSON form: ``ValueError``. (orjson alone would write them as
   ``null``, silently turning a number into nothing; its output is therefore checked.)
 * Strings with lone surrogates: ``ValueError``.
-* Types JSON does not have (``set``, ``bytes``, ``datetime``, dataclasses, arbitrary
-  objects): ``TypeError: Object of type X is not JSON serializable``.
+* Common Python values are written the same way by both: ``datetime``, ``date`` and
+  ``time`` as ISO 8601 strings (UTC as ``Z``, as msgspec writes them), dataclasses
+  as objects, msgspec Structs and pydantic models as what they dump to in JSON mode.
+  ``encode(obj, default=fn)`` (the
+  ``json_default`` application setting for ``write_json`` and servlets) handles
+  other types: ``fn(value)`` returns something JSON can hold, or raises ``TypeError``.
+* Anything else (``set``, ``bytes``, arbitrary objects):
+  ``TypeError: Object of type X is not JSON serializable``, raised before a byte is sent.
 * ``uuid.UUID`` is written as its string and an ``enum.Enum`` member as its value, by
   both (orjson does so natively, ujson is taught to).
 * Integers of any size and nesting up to 1024 levels are written (orjson's narrower
@@ -40,6 +46,8 @@ allows (from about 900 levels), and never beyond what the encoder can write back
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import decimal
 import enum
 import json
@@ -64,7 +72,10 @@ try:  # pragma: no cover - which branch runs depends on the environment
     # has, so they come out the same with either backend.
     _ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
     _fast_dumps: Optional[Callable[[Any], bytes]] = lambda obj: orjson.dumps(  # noqa: E731
-        obj, option=_ORJSON_OPTIONS
+        obj, default=_ujson_default, option=_ORJSON_OPTIONS
+    )
+    _hooked_dumps: Callable[[Any, Callable[[Any], Any]], bytes] = (  # noqa: E731
+        lambda obj, hook: orjson.dumps(obj, default=hook, option=_ORJSON_OPTIONS)
     )
     _BACKEND = "orjson"
 except ImportError:  # pragma: no cover
@@ -92,16 +103,68 @@ def active_backend() -> str:
 # -- encoding ------------------------------------------------------------------------
 
 
-def _ujson_default(value: Any) -> Any:
-    """What ujson cannot write natively but orjson can: the same result from both."""
+def _extended(value: Any, hook: Optional[Callable[[Any], Any]]) -> Any:
+    """A JSON-ready form of a value neither backend writes the same way by itself.
+
+    Called by both backends for the values they do not know, so the output does not
+    depend on the backend. Only values outside JSON's types get here: the fast
+    path for plain dicts and lists is untouched.
+    """
     if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, enum.Enum):
         return value.value
+    if isinstance(value, datetime.datetime):
+        # RFC 3339's "Z" for UTC, as msgspec writes typed returns: one spelling.
+        text = value.isoformat()
+        return text[:-6] + "Z" if text.endswith("+00:00") else text
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    msgspec = sys.modules.get("msgspec")
+    if msgspec is not None and isinstance(value, msgspec.Struct):
+        return msgspec.to_builtins(value, builtin_types=(decimal.Decimal,), enc_hook=hook)
+    dump = getattr(value, "model_dump", None)
+    if dump is not None and callable(dump) and hasattr(type(value), "model_fields"):
+        return dump(mode="json")  # a pydantic v2 model
+    if hook is not None:
+        return hook(value)
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
-def _ujson_dumps(obj: Any, canonical: bool) -> bytes:
+def _ujson_default(value: Any) -> Any:
+    return _extended(value, None)
+
+
+class _RawJson:
+    """Already-encoded JSON that ujson inserts as it is (through ``__json__``)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __json__(self) -> str:
+        return self.text
+
+
+def _canonical_default(hook: Optional[Callable[[Any], Any]]) -> Callable[[Any], Any]:
+    """ujson with ``sort_keys`` writes a dict returned by ``default`` as ``{}``: such
+    values are encoded on their own, sorted, and inserted as raw JSON."""
+
+    def default(value: Any) -> Any:
+        converted = _extended(value, hook)
+        if isinstance(converted, (dict, list)):
+            return _RawJson(_ujson_dumps(converted, True, hook).decode("utf-8"))
+        return converted
+
+    return default
+
+
+def _ujson_dumps(
+    obj: Any, canonical: bool, default: Optional[Callable[[Any], Any]] = None
+) -> bytes:
     try:
         text: str = ujson.dumps(
             obj,
@@ -109,15 +172,27 @@ def _ujson_dumps(obj: Any, canonical: bool) -> bytes:
             escape_forward_slashes=False,
             allow_nan=False,
             sort_keys=canonical,
-            default=_ujson_default,
+            default=(
+                _canonical_default(default)
+                if canonical
+                else _ujson_default
+                if default is None
+                else _hooked(default)
+            ),
         )
         return text.encode("utf-8")
     except (TypeError, ValueError, OverflowError, RecursionError) as error:
         # UnicodeEncodeError (a lone surrogate) is a ValueError.
-        raise _explain(obj, error) from None
+        raise _explain(obj, error, default) from None
 
 
-def encode(obj: Any, *, canonical: bool = False) -> bytes:
+def _hooked(hook: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda value: _extended(value, hook)
+
+
+def encode(
+    obj: Any, *, canonical: bool = False, default: Optional[Callable[[Any], Any]] = None
+) -> bytes:
     """Encode ``obj`` as compact UTF-8 JSON.
 
     :raises TypeError: a value JSON cannot represent; the message names its type.
@@ -125,24 +200,26 @@ def encode(obj: Any, *, canonical: bool = False) -> bytes:
         levels. The same exception and message with either backend.
     """
     if canonical or _fast_dumps is None:
-        return _ujson_dumps(obj, canonical)
+        return _ujson_dumps(obj, canonical, default)
     try:
-        data = _fast_dumps(obj)
+        data = _fast_dumps(obj) if default is None else _hooked_dumps(obj, _hooked(default))
     except TypeError:
         # Beyond orjson's limits (64-bit integers, 255 levels, non-string keys,
         # surrogates) or not JSON at all: ujson writes it or explains why not.
-        return _ujson_dumps(obj, canonical=False)
+        return _ujson_dumps(obj, False, default)
     if b"null" in data:
         # orjson writes NaN and infinity as null. A document holding a null is
         # re-encoded by ujson, which refuses them, rather than walked in Python.
-        return _ujson_dumps(obj, canonical=False)
+        return _ujson_dumps(obj, False, default)
     return data
 
 
 _NATIVE_EXTRAS = (uuid.UUID,)
 
 
-def _explain(obj: Any, error: BaseException) -> Exception:
+def _explain(
+    obj: Any, error: BaseException, hook: Optional[Callable[[Any], Any]] = None
+) -> Exception:
     """The exception for a value that cannot be encoded, naming the first culprit.
 
     Runs on the (rare) error path only. It depends on ``obj`` alone, never on which
@@ -187,7 +264,14 @@ def _explain(obj: Any, error: BaseException) -> Exception:
         ):
             continue  # ujson writes these itself
         else:
-            return TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+            try:
+                stack.append((_extended(value, hook), depth + 1))
+            except TypeError as refused:
+                return refused
+            except Exception as failed:  # a hook that failed in its own way
+                return TypeError(
+                    f"Object of type {type(value).__name__} is not JSON serializable: {failed}"
+                )
     return ValueError(f"cannot encode as JSON: {error}")
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import Awaitable
-from typing import Any, Optional, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
 import tornado.web
 
@@ -43,6 +43,8 @@ from tornado_jsonservlet.jsonio.lane import LowPriorityLane, lane_for_running_lo
 __all__ = ["JsonBodyMixin", "JsonResponseMixin", "require"]
 
 _T = TypeVar("_T")
+#: The ``json_default`` application setting: a function for types the codec does not know.
+Hook = Optional[Callable[[Any], Any]]
 
 # Bytes per slice of a big response, encoded or written. Each slice costs a trip
 # round the lane, so bigger slices serve big responses faster (128 KB instead of
@@ -77,23 +79,25 @@ def _big_list(obj: Any) -> Optional[tuple[Optional[str], list[Any]]]:
     return None
 
 
-def _estimated_size(items: list[Any], canonical: bool) -> tuple[int, float]:
+def _estimated_size(items: list[Any], canonical: bool, default: Hook = None) -> tuple[int, float]:
     """``(estimated bytes, bytes per item)`` from an evenly spaced sample."""
     count = len(items)
     if count == 0:
         return 0, 0.0
     step = max(1, count // _SAMPLE_ITEMS)
     sample = items[::step][:_SAMPLE_ITEMS]
-    per_item = (len(encode(sample, canonical=canonical)) - 1) / len(sample)
+    per_item = (len(encode(sample, canonical=canonical, default=default)) - 1) / len(sample)
     return int(per_item * count), per_item
 
 
-def _frame(obj: Any, key: Optional[str], canonical: bool) -> tuple[bytes, bytes]:
+def _frame(
+    obj: Any, key: Optional[str], canonical: bool, default: Hook = None
+) -> tuple[bytes, bytes]:
     """The bytes before and after the big list, from one encoding with a placeholder."""
     if key is None:
         return b"[", b"]"
     marker = f"tornado-jsonservlet-{uuid.uuid4().hex}"
-    encoded = encode({**obj, key: marker}, canonical=canonical)
+    encoded = encode({**obj, key: marker}, canonical=canonical, default=default)
     quoted = f'"{marker}"'.encode()
     before, found, after = encoded.partition(quoted)
     if not found or quoted in after:
@@ -111,6 +115,7 @@ async def encode_in_slices(
     per_item: float,
     *,
     canonical: bool,
+    default: Hook = None,
 ) -> list[bytes]:
     """Encode ``obj`` as chunks whose concatenation equals ``encode(obj)``.
 
@@ -119,14 +124,16 @@ async def encode_in_slices(
     low-priority lane; the rest of the document is encoded once.
     """
     key, items = found
-    before, after = _frame(obj, key, canonical)
+    before, after = _frame(obj, key, canonical, default)
     chunks = [before]
     lane = lane_for_running_loop()
     step = max(1, int(_slice_bytes(lane) / max(per_item, 1.0)))
     start = 0
     while start < len(items):
         stop = min(len(items), start + step)
-        piece = await lane.run(functools.partial(encode, items[start:stop], canonical=canonical))
+        piece = await lane.run(
+            functools.partial(encode, items[start:stop], canonical=canonical, default=default)
+        )
         # Keep each slice near its target: estimates from a sample can be far off.
         if len(piece) > 2:
             step = max(1, int(step * _slice_bytes(lane) / len(piece)))
@@ -158,16 +165,19 @@ class JsonResponseMixin(tornado.web.RequestHandler):
         :raises TypeError: a value cannot be encoded (nothing has been sent yet).
         """
         canonical = self.json_canonical if canonical is None else canonical
+        default: Hook = self.settings.get("json_default")
         found = _big_list(obj)
         if found is not None:
-            size, per_item = _estimated_size(found[1], canonical)
+            size, per_item = _estimated_size(found[1], canonical, default)
             if self.request.method == "HEAD":
                 return self._jsonservlet_write_head(status, size)
             if size > self.json_slice_threshold:
-                return self._jsonservlet_write_sliced(obj, found, per_item, status, canonical)
+                return self._jsonservlet_write_sliced(
+                    obj, found, per_item, status, canonical, default
+                )
         elif self.request.method == "HEAD":
             return self._jsonservlet_write_head(status, None)
-        body = encode(obj, canonical=canonical)
+        body = encode(obj, canonical=canonical, default=default)
         # A small response is interactive work: big ones in flight make room for it.
         lane_for_running_loop().note_interactive()
         self._jsonservlet_start_json(status)
@@ -180,8 +190,9 @@ class JsonResponseMixin(tornado.web.RequestHandler):
         per_item: float,
         status: int,
         canonical: bool,
+        default: Hook = None,
     ) -> None:
-        chunks = await encode_in_slices(obj, found, per_item, canonical=canonical)
+        chunks = await encode_in_slices(obj, found, per_item, canonical=canonical, default=default)
         # Encoded, the source document is no longer needed. A client that reads
         # slowly (or not at all, until write_timeout) must hold its encoded bytes
         # in flight, not the document as well: often ten times their size in

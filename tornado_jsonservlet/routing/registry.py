@@ -40,6 +40,7 @@ from tornado.routing import Matcher, Rule, URLSpec
 
 from tornado_jsonservlet.errors.exceptions import NotFound
 from tornado_jsonservlet.production.metrics import ServletMetrics
+from tornado_jsonservlet.routing.openapi import build_document, docs_servlets
 from tornado_jsonservlet.routing.patterns import (
     CONVERTERS,
     CompiledPattern,
@@ -54,7 +55,9 @@ from tornado_jsonservlet.routing.servlets import (
     JsonServlet,
     ServletRoute,
     implemented_methods,
+    is_servlet,
 )
+from tornado_jsonservlet.routing.signatures import check_servlet_class, signature_of
 
 __all__ = ["CONVERTERS", "Converter", "ServletRegistry", "UrlRule", "UrlRules"]
 
@@ -159,8 +162,12 @@ class ServletRegistry:
                 f"{label}: initialize() does not accept {sorted(init_kwargs)}: {error}"
             ) from None
         base_name = name or label
+        methods = implemented_methods(servlet_cls)
+        if is_servlet(servlet_cls):
+            check_servlet_class(servlet_cls, label, [m for m in methods if m in SERVLET_METHODS])
         endpoints = []
         for index, pattern in enumerate(pattern_list):
+            _check_foreign_syntax(label, pattern)
             try:
                 compiled = compile_pattern(pattern)
             except (ValueError, re.error) as error:
@@ -169,7 +176,11 @@ class ServletRegistry:
             endpoints.append(
                 _Endpoint(servlet_cls, pattern, compiled, endpoint_name, dict(init_kwargs))
             )
-        self._add(endpoints, implemented_methods(servlet_cls))
+        keys = [endpoint.compiled.key for endpoint in endpoints]
+        if is_servlet(servlet_cls) and len(set(keys)) == len(keys):
+            for endpoint in endpoints:
+                _read_signatures(servlet_cls, methods, endpoint.compiled, label)
+        self._add(endpoints, methods)
 
     def route(
         self, template: str, methods: Sequence[str] = ("GET",), *, name: Optional[str] = None
@@ -208,7 +219,8 @@ class ServletRegistry:
             for method in wanted:
                 namespace[f"on_{method}"] = _route_method(fn)
             servlet = type(f"Route_{servlet_name}", (JsonServlet,), namespace)
-            servlet.__module__ = getattr(fn, "__module__", None) or __name__
+            # A functools.partial has no __module__ before Python 3.10.
+            servlet.__module__ = getattr(fn, "__module__", None) or servlet.__module__
             self.register(servlet, [template], name=servlet_name)
             return fn
 
@@ -237,9 +249,64 @@ class ServletRegistry:
         servlet: Any = endpoint.servlet
         for method in methods:
             setattr(servlet, f"on_{method}", _route_method(fn))
+        try:
+            _read_signatures(servlet, methods, endpoint.compiled, _label(servlet))
+        except TypeError:
+            for method in methods:
+                delattr(servlet, f"on_{method}")
+            raise
+        for method in methods:
             self._by_key[(method, regex)] = endpoint
         servlet.allowed_methods = implemented_methods(servlet)
         return True
+
+    def openapi(
+        self,
+        *,
+        title: str,
+        version: str,
+        prefix: str = "",
+        description: Optional[str] = None,
+        servers: Optional[list[dict[str, Any]]] = None,
+    ) -> dict[str, Any]:
+        """The OpenAPI 3.1 document of the registered servlets, as a dict.
+
+        ``prefix`` is the one given to :meth:`urlspecs`. See
+        :mod:`~tornado_jsonservlet.routing.openapi` for what is documented and how.
+        """
+        return build_document(
+            [(endpoint.servlet, endpoint.pattern) for endpoint in self._endpoints],
+            title=title,
+            version=version,
+            prefix=prefix,
+            description=description,
+            servers=servers,
+        )
+
+    def mount_openapi(
+        self,
+        *,
+        title: str,
+        version: str,
+        description: Optional[str] = None,
+        docs: bool = True,
+    ) -> None:
+        """Serve the document at ``<prefix>/openapi.json`` and Swagger UI at ``<prefix>/docs``.
+
+        The document is built at its first request, so servlets registered after
+        this call are in it. The docs page and its assets are served by the
+        application (no CDN).
+
+        :raises RuntimeError: ``docs`` without the ``swagger-ui-py`` package.
+        """
+
+        def document(prefix: str) -> dict[str, Any]:
+            return self.openapi(
+                title=title, version=version, prefix=prefix, description=description
+            )
+
+        for servlet, pattern in docs_servlets(document, title=title, docs=docs):
+            self.register(servlet, [pattern])
 
     def urlspecs(
         self,
@@ -297,6 +364,11 @@ class ServletRegistry:
         return specs
 
     def _check_settings(self, settings: Optional[Mapping[str, Any]]) -> None:
+        if settings is not None and settings.get("validation_status", 400) not in (400, 422):
+            raise ValueError(
+                "the validation_status setting must be 400 or 422, not "
+                f"{settings['validation_status']!r}"
+            )
         for servlet in dict.fromkeys(endpoint.servlet for endpoint in self._endpoints):
             check: Optional[Callable[[Mapping[str, Any]], None]] = getattr(
                 servlet, "check_settings", None
@@ -379,6 +451,36 @@ def _route_method(fn: Callable[..., Any]) -> Callable[..., Any]:
             if not hasattr(fn, attribute) and hasattr(inner, attribute):
                 setattr(wrapper, attribute, getattr(inner, attribute))
     return wrapper
+
+
+_FOREIGN_SYNTAX = (
+    (re.compile(r"<(?:[A-Za-z_]+:)?[A-Za-z_][A-Za-z0-9_]*>"), "Flask/aiohttp-style <name>"),
+    (re.compile(r"(?:^|/):[A-Za-z_][A-Za-z0-9_]*"), "Express/Rails-style :name"),
+)
+
+
+def _check_foreign_syntax(label: str, pattern: str) -> None:
+    """``/a/<int:x>`` and ``/users/:id`` would be matched as literal text: refuse them."""
+    if pattern.startswith("^") or "(?P<" in pattern:
+        return  # a raw regex is taken as it is
+    for regex, what in _FOREIGN_SYNTAX:
+        found = regex.search(pattern)
+        if found:
+            raise ValueError(
+                f"{label}: pattern {pattern!r} uses {what} parameter syntax "
+                f"({found.group(0).lstrip('/')!r}), which would match only that literal text; "
+                "write parameters as {name} or {name:int}"
+            )
+
+
+def _read_signatures(
+    servlet: type, methods: Iterable[str], compiled: CompiledPattern, label: str
+) -> None:
+    """Read each method's signature now, so that mistakes raise at registration."""
+    names = re.compile(compiled.regex).groupindex.keys()
+    for method in methods:
+        if method in SERVLET_METHODS:
+            signature_of(servlet, method, names, label)
 
 
 def _label(servlet: type) -> str:

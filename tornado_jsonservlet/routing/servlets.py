@@ -48,8 +48,9 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+import sys
 import types
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Optional
 
@@ -65,12 +66,21 @@ from tornado_jsonservlet.errors.cors import CorsMixin
 from tornado_jsonservlet.errors.exceptions import BadRequest, Forbidden, MethodNotAllowed, NotFound
 from tornado_jsonservlet.errors.rendering import HtmlErrorMixin, JsonErrorMixin
 from tornado_jsonservlet.jsonio.bodies import JsonBodyMixin
+from tornado_jsonservlet.jsonio.codec import encode
 from tornado_jsonservlet.jsonio.lean import LeanResponseMixin
 from tornado_jsonservlet.jsonio.responses import JsonResponseMixin
 from tornado_jsonservlet.production.metrics import ServletMetrics, method_label
 from tornado_jsonservlet.routing.patterns import contains_control
+from tornado_jsonservlet.routing.signatures import DISPATCHER_COPY_MARK, signature_of
 
-__all__ = ["SERVLET_METHODS", "HtmlServlet", "JsonServlet", "ServletRoute", "implemented_methods"]
+__all__ = [
+    "SERVLET_METHODS",
+    "HtmlServlet",
+    "JsonServlet",
+    "ServletRoute",
+    "implemented_methods",
+    "is_servlet",
+]
 
 #: The methods a servlet implements as ``on_<METHOD>``.
 SERVLET_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
@@ -98,15 +108,21 @@ def implemented_methods(cls: type) -> tuple[str, ...]:
     return (*found, "OPTIONS")
 
 
+def is_servlet(cls: type) -> bool:
+    """Whether ``cls`` is a servlet (dispatching to ``on_<METHOD>``), not a plain handler."""
+    return isinstance(cls, type) and issubclass(cls, _ServletBase)
+
+
 class _ServletState:
     """A servlet request's state in its scope (``scope.servlet``)."""
 
-    __slots__ = ("body_complete", "route", "xsrf_check_due")
+    __slots__ = ("body_complete", "returns", "route", "xsrf_check_due")
 
     def __init__(self, route: ServletRoute) -> None:
         self.route = route
         self.body_complete = False
         self.xsrf_check_due = False
+        self.returns: Any = None  # the method's return annotation, when it is a typed one
 
 
 _NO_ROUTE = ServletRoute(pattern="")
@@ -118,8 +134,12 @@ class _ServletBase(
 ):
     """Shared dispatch; use :class:`JsonServlet` or :class:`HtmlServlet`."""
 
-    #: Path patterns used when the registry is not given any.
-    PATTERNS: ClassVar[tuple[str, ...]] = ()
+    #: Path patterns used when the registry is not given any (a list or a tuple).
+    PATTERNS: ClassVar[Sequence[str]] = ()
+    #: The status of every validation failure of a typed method's inputs: 400, or
+    #: 422 for clients that expect it. None: the ``validation_status`` application
+    #: setting, else 400.
+    validation_status: ClassVar[Optional[int]] = None
     #: Name for logs and ``reverse_url``; defaults to the class name.
     servlet_name: ClassVar[str] = "_ServletBase"
     #: ``(method, ...)``, derived from the ``on_<METHOD>`` methods present.
@@ -130,6 +150,11 @@ class _ServletBase(
         if "servlet_name" not in cls.__dict__:
             cls.servlet_name = cls.__name__
         cls.allowed_methods = implemented_methods(cls)
+        if cls.validation_status not in (None, 400, 422):
+            raise TypeError(
+                f"{cls.__name__}.validation_status must be 400 or 422, not "
+                f"{cls.validation_status!r}"
+            )
         _name_dispatchers_after(cls)
 
     def __init__(
@@ -186,6 +211,10 @@ class _ServletBase(
         if target is None:
             raise MethodNotAllowed(self.allowed_methods)
         params = self._jsonservlet_convert_params(raw_params)
+        signature = signature_of(type(self), method, raw_params.keys(), self.servlet_name)
+        if signature.typed:
+            params.update(signature.bind(self, self._jsonservlet_validation_status()))
+        state.returns = signature.returns
         result = target(**params)
         if inspect.isawaitable(result):
             result = await result
@@ -205,6 +234,14 @@ class _ServletBase(
             self.finish()
             return
         await self.send_body(status, body)
+
+    def _jsonservlet_validation_status(self) -> int:
+        status = self.validation_status
+        if status is None:
+            status = self.settings.get("validation_status", 400)
+        if status not in (400, 422):
+            raise ValueError(f"validation_status must be 400 or 422, not {status!r}")
+        return int(status)
 
     def _jsonservlet_convert_params(self, raw_params: Mapping[str, str]) -> dict[str, Any]:
         path = self.request.path
@@ -307,7 +344,7 @@ class _ServletBase(
 
 
 _DISPATCHERS = ("get", "head", "post", "put", "patch", "delete", "options")
-_NAMED_COPY = "_jsonservlet_named_copy"
+_NAMED_COPY = DISPATCHER_COPY_MARK
 
 
 def _name_dispatchers_after(cls: type[_ServletBase]) -> None:
@@ -351,7 +388,43 @@ class JsonServlet(JsonErrorMixin, JsonResponseMixin, _ServletBase):
     """A servlet whose bodies are JSON and whose errors are ``{"errcode", "error"}``."""
 
     async def send_body(self, status: int, body: Any) -> None:
+        returns = scope_of(self).servlet.returns
+        if returns is not None and self.request.method != "HEAD":
+            msgspec = sys.modules.get("msgspec")
+            if msgspec is not None and not isinstance(body, (dict, list)):
+                data = _encode_typed(msgspec, body, self.settings.get("json_default"))
+                self._jsonservlet_start_json(status)
+                await self.finish(data)
+                return
         await self.write_json(body, status)
+
+
+def _encode_typed(msgspec: Any, body: Any, hook: Any) -> bytes:
+    """A typed return value (a Struct, a dataclass...) encoded by msgspec in one pass.
+
+    msgspec writes NaN and infinity as ``null``, as orjson does: a document holding
+    a ``null`` is checked by the codec, which refuses them with its usual error.
+    """
+    try:
+        data: bytes = msgspec.json.encode(body, enc_hook=_enc_hook(hook))
+    except (TypeError, msgspec.EncodeError) as error:
+        raise TypeError(f"cannot encode the return value as JSON: {error}") from None
+    if b"null" in data:
+        encode(msgspec.to_builtins(body, enc_hook=_enc_hook(hook)), default=hook)
+    return data
+
+
+@functools.lru_cache(maxsize=8)
+def _enc_hook(hook: Any) -> Callable[[Any], Any]:
+    def enc_hook(value: Any) -> Any:
+        dump = getattr(value, "model_dump", None)
+        if dump is not None and hasattr(type(value), "model_fields"):
+            return dump(mode="json")  # a pydantic model inside a typed return
+        if hook is not None:
+            return hook(value)
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+    return enc_hook
 
 
 @functools.cache
