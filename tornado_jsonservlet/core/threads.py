@@ -94,7 +94,7 @@ async def run_in_executor(
     """Run ``fn(*args)`` in ``executor`` (the loop's default one if None) and await it.
 
     The function runs in a copy of the caller's context, so context variables such as
-    the request deadline (:func:`~tornado_jsonservlet.context.deadline_remaining`) are
+    the request deadline (:func:`~tornado_jsonservlet.core.context.deadline_remaining`) are
     visible in the thread, and :func:`current_cancel_token` finds this call's token.
 
     If the awaiting coroutine is cancelled, the await ends at once with

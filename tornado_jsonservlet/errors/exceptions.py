@@ -250,7 +250,7 @@ class RedirectError(ServletError):
 
     With ``keep_method`` the status is 307 (or 308), which tells the client to
     repeat the same method and body at the new location instead of switching to GET.
-    The location is percent-encoded where it must be (see :func:`encode_location`);
+    The location is percent-encoded where it must be (see ``encode_location()``);
     ``self.location`` is the encoded form, the one sent.
     """
 

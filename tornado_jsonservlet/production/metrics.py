@@ -11,7 +11,7 @@ Label values derived from the request come from a bounded set. A client chooses 
 method it sends, and each new label value is a new time series that lives as long as
 the process; 300 invented methods once added 300 series per servlet. So any method
 outside :data:`KNOWN_METHODS` is reported as ``"other"``, and so is a status outside
-100-599 (:func:`method_label`, :func:`status_label`).
+100-599 (``method_label()``, ``status_label()``).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def status_label(status: int) -> str:
 class ServletMetrics:
     """Receives one observation per finished request. Subclass to export them.
 
-    The registry's servlets pass ``method`` through :func:`method_label` already, so
+    The registry's servlets pass ``method`` through ``method_label()`` already, so
     a sink sees at most eight methods.
     """
 

@@ -362,7 +362,7 @@ class EventStreamMixin(StreamingResponseMixin):
                     await self.send_event({"n": n}, id=n)
                     await asyncio.sleep(1)
 
-    The stream starts with the first event (or :meth:`start_stream`), with
+    The stream starts with the first event (or :meth:`~tornado_jsonservlet.streams.mixins.StreamingResponseMixin.start_stream`), with
     ``Content-Type: text/event-stream``, ``Cache-Control: no-cache`` and
     ``X-Accel-Buffering: no`` (nginx passes events through unbuffered). While it
     is idle, a comment line is sent every ``heartbeat_interval`` seconds.
@@ -412,7 +412,7 @@ class EventStreamMixin(StreamingResponseMixin):
             a NUL), or a negative ``retry``. Nothing is sent.
         :raises TypeError: data that JSON cannot represent, or a
             :class:`ServerSentEvent` given with other fields. Nothing is sent.
-        :raises StreamClosedError: see :meth:`~StreamingResponseMixin.send_bytes`.
+        :raises StreamClosedError: see :meth:`~tornado_jsonservlet.streams.mixins.StreamingResponseMixin.send_bytes`.
         """
         if isinstance(data, ServerSentEvent):
             if event is not None or id is not None or retry is not None:

@@ -15,7 +15,7 @@ __all__ = ["EventStreamServlet"]
 
 
 class EventStreamServlet(EventStreamMixin, JsonServlet):
-    """A servlet whose ``on_GET`` streams server-sent events with :meth:`send_event`.
+    """A servlet whose ``on_GET`` streams server-sent events with :meth:`~tornado_jsonservlet.EventStreamMixin.send_event`.
 
     ::
 
