@@ -139,7 +139,10 @@ async def encode_in_slices(
 
 
 class JsonResponseMixin(tornado.web.RequestHandler):
-    """``await self.write_json(obj)``: encode, send and finish, without blocking the loop."""
+    """``await self.write_json(obj)``: encode, send and finish, without blocking the loop.
+
+    .. versionadded:: 0.1
+    """
 
     #: Documents estimated above this many bytes are encoded in slices.
     json_slice_threshold: int = 64 * 1024
@@ -155,7 +158,10 @@ class JsonResponseMixin(tornado.web.RequestHandler):
 
         Await the result: small documents are sent at once, big ones in slices.
 
-        :raises TypeError: a value cannot be encoded (nothing has been sent yet).
+        :raises TypeError: a value of a type JSON has no form for (a ``set``, ``bytes``,
+            a ``datetime``); nothing has been sent yet.
+        :raises ValueError: NaN or infinity, a string with a lone surrogate, or nesting
+            beyond 1024 levels; nothing has been sent yet.
         """
         canonical = self.json_canonical if canonical is None else canonical
         found = _big_list(obj)
@@ -203,6 +209,10 @@ class JsonResponseMixin(tornado.web.RequestHandler):
         await self.finish()
 
     def compute_etag(self) -> Optional[str]:
+        """No ETag for responses sent by :meth:`write_json` unless :attr:`json_etag`
+        is set: hashing every JSON body rarely pays for itself. Other responses keep
+        Tornado's ETag.
+        """
         if scope_of(self).json_response and not self.json_etag:
             return None
         return super().compute_etag()

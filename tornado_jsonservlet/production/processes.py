@@ -93,6 +93,8 @@ def serve(
     it exits when the workers did.
 
     :raises ValueError: for a bad argument, before anything is bound or forked.
+
+    .. versionadded:: 0.1
     """
     if isinstance(processes, bool) or not isinstance(processes, int) or processes < 0:
         raise ValueError(f"processes must be an integer >= 0, not {processes!r}")

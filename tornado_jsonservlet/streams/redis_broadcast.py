@@ -65,6 +65,8 @@ class RedisBroadcaster(Broadcaster):
     :param channel_prefix: prepended to every channel name in Redis, to keep
         applications sharing one Redis apart.
     :param timeout: seconds to connect or to have a subscription confirmed.
+
+    .. versionadded:: 0.1
     """
 
     def __init__(
@@ -121,6 +123,9 @@ class RedisBroadcaster(Broadcaster):
             raise BroadcastUnavailable() from None
 
     async def close(self) -> None:
+        """End every subscription (``EndReason.BROADCASTER_CLOSED``) and close the
+        connection to Redis, unless it was given as ``client``.
+        """
         await super().close()
         reader, self._reader = self._reader, None
         if reader is not None:

@@ -99,6 +99,8 @@ class ServerSentEvent:
     there.) ``send_event`` accepts one too, without other fields.
 
     :raises ValueError, TypeError: as ``format_event()``.
+
+    .. versionadded:: 0.1
     """
 
     __slots__ = ("data", "encoded", "event", "id", "retry")
