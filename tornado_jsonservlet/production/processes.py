@@ -38,7 +38,9 @@ import time
 from collections.abc import Sequence
 from typing import Any, Callable, NoReturn, Optional
 
+import tornado.log
 import tornado.netutil
+import tornado.options
 import tornado.process
 import tornado.web
 from tornado.log import gen_log
@@ -50,7 +52,7 @@ from tornado_jsonservlet.production.shutdown import (
     GracefulShutdown,
 )
 
-__all__ = ["serve"]
+__all__ = ["default_logging", "serve"]
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _PID = struct.Struct("=i")
@@ -92,6 +94,14 @@ def serve(
     Tornado log errors for them. In multi-process mode the parent never returns:
     it exits when the workers did.
 
+    **Logging.** When the application has not configured logging (the root logger
+    has no handler), ``serve()`` turns on Tornado's pretty logging as
+    ``tornado.options.parse_command_line()`` would, at the level of ``--logging``
+    (``info`` unless parsed otherwise; ``--logging=none`` keeps it off), so that
+    the line saying where each process listens, the access log and errors are
+    seen. Logging that is configured (``logging.basicConfig``, ``dictConfig``, or
+    ``parse_command_line``) is left untouched.
+
     :raises ValueError: for a bad argument, before anything is bound or forked.
 
     .. versionadded:: 0.1
@@ -103,6 +113,7 @@ def serve(
         raise ValueError("reuse_port needs SO_REUSEPORT, which this platform lacks")
     if reuse_port and port == 0 and processes != 1:
         raise ValueError("reuse_port needs a fixed port: with port 0 each worker would get its own")
+    default_logging()
 
     def run(sockets: Sequence[socket.socket], pending: list[int]) -> None:
         asyncio.run(
@@ -140,7 +151,7 @@ async def _serve_in_this_process(
     server.add_sockets(sockets)
     shutdown = GracefulShutdown([server], grace=shutdown_grace, abandon_after=abandon_after)
     shutdown.install_signal_handlers(_STOP_SIGNALS)
-    names = ", ".join(_address(sock) for sock in sockets)
+    names = ", ".join(f"http://{_address(sock)}/" for sock in sockets)
     worker = tornado.process.task_id()
     gen_log.info(
         "%s (pid %d) serving on %s",
@@ -156,6 +167,25 @@ async def _serve_in_this_process(
         # and Tornado answers that with a 500 logged at ERROR (6.6) or an error
         # from the loop (6.4/6.5). They were given their time; end the process here.
         _exit_now(0)
+
+
+def default_logging() -> bool:
+    """Turn on Tornado's pretty logging unless the application configured logging.
+
+    Without a handler on the root logger, Python prints only WARNING and above,
+    unformatted: a server's "serving on" line and its 2xx access lines vanish.
+    This does what ``tornado.options.parse_command_line()`` does, with the options'
+    ``--logging`` level (``info`` by default; ``none`` turns it off), and only when
+    the root logger has no handler, so an application's own configuration always
+    wins. Returns whether it configured anything.
+
+    .. versionadded:: 0.1
+    """
+    root = logging.getLogger()
+    if root.handlers:
+        return False
+    tornado.log.enable_pretty_logging(tornado.options.options)
+    return bool(root.handlers)
 
 
 def _exit_now(status: int) -> NoReturn:
