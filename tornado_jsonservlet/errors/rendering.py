@@ -516,7 +516,7 @@ class HtmlErrorMixin(ErrorRenderingMixin):
             ) from error
 
     def error_body(self, error: ServletError, exc: Optional[BaseException]) -> tuple[str, bytes]:
-        """The error page rendered from :attr:`error_template`, every value escaped,
+        """The error page rendered from ``error_template``, every value escaped,
         with headers that forbid framing.
         """
         self.set_header("X-Frame-Options", "DENY")
