@@ -37,6 +37,7 @@ import builtins
 import os
 import re
 import sys
+import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -84,32 +85,21 @@ else:
     intersphinx_mapping = {}
 
 _EXTERNAL_PACKAGES = {"tornado", "jinja2", "redis", "asyncpg", "prometheus_client", "ujson", "orjson"}
-_STDLIB = set(getattr(sys, "stdlib_module_names", ())) | {
-    "asyncio",
-    "collections",
-    "concurrent",
-    "contextlib",
-    "contextvars",
-    "dataclasses",
-    "enum",
-    "http",
-    "logging",
-    "os",
-    "signal",
-    "socket",
-    "ssl",
-    "typing",
-    "types",
-    "uuid",
-    "decimal",
-    "datetime",
-    "json",
-    "re",
-    "functools",
-}
-_external = sorted(
-    (_STDLIB | _EXTERNAL_PACKAGES | {"typing_extensions", "collections.abc"}) - {"this"}
-)
+
+
+def _stdlib_names() -> set[str]:
+    """Top-level names of the standard library (C modules such as ``_asyncio`` too)."""
+    names = set(getattr(sys, "stdlib_module_names", ())) | set(sys.builtin_module_names)
+    if not names - set(sys.builtin_module_names):  # Python 3.9: list the stdlib directory
+        stdlib = Path(sysconfig.get_paths()["stdlib"])
+        names |= {path.name.removesuffix(".py") for path in stdlib.iterdir()}
+        dynload = stdlib / "lib-dynload"
+        if dynload.is_dir():
+            names |= {path.name.split(".")[0] for path in dynload.iterdir()}
+    return {name for name in names if name.isidentifier()} | {"_asyncio", "_thread"}
+
+
+_external = sorted(_stdlib_names() | _EXTERNAL_PACKAGES | {"typing_extensions"})
 _builtin_names = sorted(name for name in dir(builtins) if not name.startswith("_"))
 nitpick_ignore_regex = [
     # Standard library and the third-party packages named above, by dotted path.
@@ -119,6 +109,10 @@ nitpick_ignore_regex = [
     # Tornado classes that signatures name without their module (imported by name).
     (r"py:.*", r"(Application|AsyncHTTPClient|HTTPRequest|HTTPResponse|HTTPServerRequest|"
      r"IOStream|RequestHandler|StreamClosedError|URLSpec)"),
+    # Standard-library names that older Sphinx versions render without their module,
+    # and the toolkit's type aliases (``CancelPolicy``, ``ErrorHandler``), which are
+    # spelled out where they are used.
+    (r"py:.*", r"(ContextVar|CancelPolicy|ErrorHandler)"),
     # Private names (a leading underscore: type variables, internal bases) and the
     # adapter module, which is Tornado's private API in one place: not documented on
     # purpose, so not a dangling reference.
