@@ -71,6 +71,8 @@ html_show_sourcelink = False
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
+# Types for the parameters a docstring describes; no "Return type: None" on constructors.
+autodoc_typehints_description_target = "documented_params"
 autodoc_default_options = {"members": True, "show-inheritance": True}
 autodoc_inherit_docstrings = False
 
@@ -156,5 +158,15 @@ def _resolve_public_alias(app: Any, env: Any, node: Any, contnode: Any) -> Any:
     return None
 
 
+def _public_bases(app: Any, name: str, obj: Any, options: Any, bases: list[Any]) -> None:
+    """Show a private base class (``_DefaultStatusError``) as its nearest public ancestor."""
+    for i, base in enumerate(bases):
+        if isinstance(base, type) and base.__name__.startswith("_"):
+            public = next((b for b in base.__mro__[1:] if not b.__name__.startswith("_")), object)
+            bases[i] = public
+    bases[:] = list(dict.fromkeys(bases))
+
+
 def setup(app: Any) -> None:
     app.connect("missing-reference", _resolve_public_alias)
+    app.connect("autodoc-process-bases", _public_bases)
