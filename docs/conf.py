@@ -86,7 +86,15 @@ if os.environ.get("TJS_INTERSPHINX") == "1":
 else:
     intersphinx_mapping = {}
 
-_EXTERNAL_PACKAGES = {"tornado", "jinja2", "redis", "asyncpg", "prometheus_client", "ujson", "orjson"}
+_EXTERNAL_PACKAGES = {
+    "tornado",
+    "jinja2",
+    "redis",
+    "asyncpg",
+    "prometheus_client",
+    "ujson",
+    "orjson",
+}
 
 
 def _stdlib_names() -> set[str]:
@@ -105,12 +113,15 @@ _external = sorted(_stdlib_names() | _EXTERNAL_PACKAGES | {"typing_extensions"})
 _builtin_names = sorted(name for name in dir(builtins) if not name.startswith("_"))
 nitpick_ignore_regex = [
     # Standard library and the third-party packages named above, by dotted path.
-    (r"py:.*", r"(%s)(\..+)?" % "|".join(map(re.escape, _external))),
+    (r"py:.*", "({})(\\..+)?".format("|".join(map(re.escape, _external)))),
     # Builtins (int, str, Exception, BaseException, ...), also ``None``/``Ellipsis``.
-    (r"py:.*", r"(%s)" % "|".join(_builtin_names)),
+    (r"py:.*", "({})".format("|".join(_builtin_names))),
     # Tornado classes that signatures name without their module (imported by name).
-    (r"py:.*", r"(Application|AsyncHTTPClient|HTTPRequest|HTTPResponse|HTTPServerRequest|"
-     r"IOStream|RequestHandler|StreamClosedError|URLSpec)"),
+    (
+        r"py:.*",
+        r"(Application|AsyncHTTPClient|HTTPRequest|HTTPResponse|HTTPServerRequest|"
+        r"IOStream|RequestHandler|StreamClosedError|URLSpec)",
+    ),
     # Standard-library names that older Sphinx versions render without their module,
     # and the toolkit's type aliases (``CancelPolicy``, ``ErrorHandler``), which are
     # spelled out where they are used.
