@@ -286,13 +286,15 @@ def test_supported_versions_agree_with_setup_cfg_and_ci() -> None:
     assert classifiers == [f"3.{minor}" for minor in range(low_minor, high_minor + 1)]
     next_minor = f"6.{int(tornado_high.split('.')[1]) + 1}"
     assert f"tornado>={tornado_low},<{next_minor}" in setup
-    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
-    supported = re.search(r'SUPPORTED="([^"]+)"', ci)
-    assert supported
-    assert supported.group(1).split() == [
-        f"3.{minor}" for minor in range(high_minor, low_minor - 1, -1)
-    ]
-    assert f"'tornado>={tornado_low},<" in ci  # the oldest Tornado is tested
+    ci_script = ROOT / ".ci" / "run"
+    if ci_script.exists():  # a git checkout; the sdist does not carry CI's script
+        ci = ci_script.read_text(encoding="utf-8")
+        supported = re.search(r'SUPPORTED="([^"]+)"', ci)
+        assert supported
+        assert supported.group(1).split() == [
+            f"3.{minor}" for minor in range(high_minor, low_minor - 1, -1)
+        ]
+        assert f"'tornado>={tornado_low},<" in ci  # the oldest Tornado is tested
     readme = DOCS / "_new_README.md"
     if readme.exists():
         assert statement.group(0) in readme.read_text(encoding="utf-8")
