@@ -8,6 +8,10 @@ Run::
 answers ``ok!``; add ``&error=yes`` to have it fail with a 400 instead. Every
 request logs ``doing some application clean up...`` exactly once when it ends.
 
+It logs with Tornado's pretty logging (``--logging=debug|info|warning|none``,
+``--log-file-prefix=PATH``: the ``tornado.options`` logging options), starting with the
+address it listens on and each worker's ``serving on http://...`` line.
+
 ``--processes=N`` runs N worker processes on the port (0: one per CPU); SIGTERM
 or Ctrl-C lets in-flight requests finish for ``--shutdown-grace`` seconds (10),
 then answers what is left with 503 ``SHUTTING_DOWN``.

@@ -80,7 +80,7 @@ from .streams.sse_format import ServerSentEvent
 
 _moved.install()
 
-__version__ = "0.1.0.dev0"
+__version__ = "0.1.0"
 
 __all__ = [
     "CLIENT_CLOSED_REQUEST",

@@ -140,6 +140,8 @@ class CancelReason:
     and the response is cut, so that a truncated body never passes for a whole
     one; with ``ends_streams_cleanly``, a streamed response (SSE, JSON lines) is
     ended normally instead, as its client can resume (a shutdown).
+
+    .. versionadded:: 0.1
     """
 
     status: int
@@ -201,6 +203,8 @@ def cancellable(method: _F) -> _F:
     default. Make sure a cancellation at any ``await`` leaves consistent state, or
     protect the critical steps with ``async with self.shielded():``. Returns the
     method itself: nothing is wrapped.
+
+    .. versionadded:: 0.1
     """
     setattr(method, _CANCEL_MARK, True)
     return method
@@ -212,6 +216,8 @@ def uncancellable(method: _F) -> _F:
     The disconnect is still detected (``client_disconnected``, callbacks, hooks)
     and output is still dropped safely; only the cancellation is skipped. Returns
     the method itself: nothing is wrapped.
+
+    .. versionadded:: 0.1
     """
     setattr(method, _CANCEL_MARK, False)
     return method
@@ -329,6 +335,8 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
     for the policy. Output methods are safe after a disconnect (this mixin
     includes :class:`~tornado_jsonservlet.safe_output.SafeWriteMixin`). While the
     client stays connected, the handler behaves exactly as without the mixin.
+
+    .. versionadded:: 0.1
     """
 
     #: Which requests a disconnect cancels: ``"safe"`` (GET/HEAD/OPTIONS), ``"all"``
@@ -515,6 +523,13 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
             scope.task = None
 
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        """Tornado's ``send_error``, except for the toolkit's own cancellation.
+
+        Tornado 6.6 answers a cancelled handler task with a plain 500. When the
+        cancellation was the toolkit's (a disconnect, a deadline, a shutdown), the request
+        ends with that reason's outcome instead: a 499 in the access log, or the reason's
+        status and ``errcode`` for a client that is still there.
+        """
         scope = scope_of(self)
         if scope.delivered and "exc_info" not in kwargs and asyncio.current_task() is scope.task:
             # Tornado 6.6 answers its task's cancellation with a plain 500. When
@@ -548,6 +563,9 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
         super()._jsonservlet_log(write_access_line)
 
     def finish(self, chunk: Any = None) -> asyncio.Future[None]:
+        """Tornado's ``finish``; once the request is finished, its timers and child tasks
+        (``call_later``, ``spawn``) are cancelled, so nothing the request owns outlives it.
+        """
         reason: Optional[CancelReason] = scope_of(self).reason
         if reason is not None and not tornado_internals.is_finished(self):
             # Before Tornado's finish ends the tracer's span (in on_finish).

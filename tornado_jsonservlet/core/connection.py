@@ -83,6 +83,8 @@ class ClientConnectionMixin(tornado_internals.RequestLifecycle):
     mismatch, is a server error and is *not* counted.
 
     While the client is connected this mixin changes nothing about the handler.
+
+    .. versionadded:: 0.1
     """
 
     def __init__(
@@ -155,6 +157,11 @@ class ClientConnectionMixin(tornado_internals.RequestLifecycle):
         """
 
     def on_connection_close(self) -> None:
+        """Record the disconnect, then call Tornado's hook (and any override above it).
+
+        Detection does not depend on this method: a subclass that overrides it without
+        calling ``super()`` still has its disconnects noticed.
+        """
         self._jsonservlet_connection_closed()
         super().on_connection_close()
 

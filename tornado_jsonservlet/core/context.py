@@ -52,6 +52,8 @@ def loop_time() -> float:
 
     In a thread without a running loop (work started by ``run_in_executor``), it is
     ``time.monotonic()``, the clock asyncio's own loops use.
+
+    .. versionadded:: 0.1
     """
     try:
         return asyncio.get_running_loop().time()
@@ -65,6 +67,8 @@ def deadline_remaining() -> Optional[float]:
     Never negative: a deadline that has passed leaves ``0.0``. A deadline that is not
     a finite number (NaN, infinity) counts as no deadline, so a bad value can never
     turn into a bogus timeout or header.
+
+    .. versionadded:: 0.1
     """
     deadline = request_deadline.get()
     if deadline is None or not math.isfinite(deadline):

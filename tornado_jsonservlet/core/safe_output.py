@@ -105,6 +105,8 @@ class SafeWriteMixin(ClientConnectionMixin):
 
     A pending write that makes no progress for ``write_timeout`` seconds ends
     the request as a disconnect; see the module documentation.
+
+    .. versionadded:: 0.1
     """
 
     #: Seconds a pending write may make no progress before the client is given
@@ -126,12 +128,21 @@ class SafeWriteMixin(ClientConnectionMixin):
             _classes_with_write_timeout.add(cls)
 
     def write(self, chunk: _Chunk) -> None:
+        """Tornado's ``write``; a no-op once the client has gone.
+
+        :raises RuntimeError: after ``finish()`` while the client is connected, as in Tornado.
+        """
         scope = scope_of(self)
         if scope.client_gone or scope.ended_early:
             return
         super().write(chunk)
 
     def flush(self, include_footers: bool = False) -> asyncio.Future[None]:
+        """Tornado's ``flush``; after a disconnect, a completed future.
+
+        A flush that finds the stream closed marks the client as gone instead of raising
+        ``StreamClosedError`` into the handler.
+        """
         scope = scope_of(self)
         if scope.client_gone or scope.ended_early:
             return completed()
@@ -142,6 +153,9 @@ class SafeWriteMixin(ClientConnectionMixin):
             raise
 
     def finish(self, chunk: Optional[_Chunk] = None) -> asyncio.Future[None]:
+        """Tornado's ``finish``; for a departed client, the request ends as a 499 and
+        nothing is sent. Returns a completed future instead of raising ``StreamClosedError``.
+        """
         scope = scope_of(self)
         if scope.client_gone:
             return super().finish()  # ClientConnectionMixin ends it as a 499
@@ -154,6 +168,9 @@ class SafeWriteMixin(ClientConnectionMixin):
             raise
 
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        """Tornado's ``send_error``; after a disconnect, the request just ends (499),
+        with no error rendered for nobody.
+        """
         scope = scope_of(self)
         if scope.client_gone or (scope.ended_early and tornado_internals.is_finished(self)):
             self._jsonservlet_end_quietly()
@@ -161,12 +178,16 @@ class SafeWriteMixin(ClientConnectionMixin):
         super().send_error(status_code, **kwargs)
 
     def render(self, template_name: str, **kwargs: Any) -> asyncio.Future[None]:
+        """Tornado's ``render``; after a disconnect, nothing is rendered and a
+        completed future is returned.
+        """
         if scope_of(self).client_gone:
             self._jsonservlet_end_quietly()
             return completed()
         return super().render(template_name, **kwargs)
 
     def redirect(self, url: str, permanent: bool = False, status: Optional[int] = None) -> None:
+        """Tornado's ``redirect``; after a disconnect, the request just ends (499)."""
         if scope_of(self).client_gone:
             self._jsonservlet_end_quietly()
             return
@@ -178,6 +199,10 @@ class SafeWriteMixin(ClientConnectionMixin):
         value: Optional[BaseException],
         tb: Optional[TracebackType],
     ) -> None:
+        """Tornado's ``log_exception``, minus the ``StreamClosedError`` of a client that
+        left: that is the client's doing, not a bug. One from another connection (a
+        backend's) is still logged.
+        """
         # A StreamClosedError that escaped from code writing to this request's own
         # connection after the client left is not a bug. One from anywhere else
         # (a backend connection, say) still is, hence the client_disconnected test.

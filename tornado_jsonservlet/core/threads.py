@@ -37,6 +37,8 @@ class CancelToken:
     Safe to read from any thread. Outside :func:`run_in_executor`,
     :func:`current_cancel_token` returns a token that nothing cancels, so the same
     function works whether or not it runs under the toolkit.
+
+    .. versionadded:: 0.1
     """
 
     __slots__ = ("_event",)
@@ -83,6 +85,8 @@ def current_cancel_token() -> CancelToken:
     """The token of the :func:`run_in_executor` call running this code.
 
     Outside such a call, a fresh token that is never cancelled.
+
+    .. versionadded:: 0.1
     """
     token = _current_token.get()
     return CancelToken() if token is None else token
@@ -94,13 +98,15 @@ async def run_in_executor(
     """Run ``fn(*args)`` in ``executor`` (the loop's default one if None) and await it.
 
     The function runs in a copy of the caller's context, so context variables such as
-    the request deadline (:func:`~tornado_jsonservlet.context.deadline_remaining`) are
+    the request deadline (:func:`~tornado_jsonservlet.core.context.deadline_remaining`) are
     visible in the thread, and :func:`current_cancel_token` finds this call's token.
 
     If the awaiting coroutine is cancelled, the await ends at once with
     ``CancelledError`` and the token is set. A call still queued in the executor
     never starts; one already running goes on until it checks its token or returns,
     and its result or exception is then dropped quietly.
+
+    .. versionadded:: 0.1
     """
     loop = asyncio.get_running_loop()
     token = CancelToken()

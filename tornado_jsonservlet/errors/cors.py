@@ -91,6 +91,8 @@ class CorsMixin(tornado.web.RequestHandler):
     frames, ``file:`` pages, some redirects) is allowed only when ``"null"`` is listed;
     ``"*"`` does not cover it. ``"*"`` cannot be combined with
     ``cors_allow_credentials = True``: the class is refused when it is defined.
+
+    .. versionadded:: 0.1
     """
 
     cors_allow_origins: Collection[str] = ()
@@ -105,6 +107,11 @@ class CorsMixin(tornado.web.RequestHandler):
         check_cors_settings(cls.__name__, {name: getattr(cls, name) for name in _SETTINGS})
 
     def set_default_headers(self) -> None:
+        """Add the CORS headers for an allowed ``Origin``.
+
+        Tornado calls this again when an error response resets the headers, so errors
+        carry the same CORS headers as successes and the browser lets the page read them.
+        """
         super().set_default_headers()
         origin = self.request.headers.get("Origin")
         allowed = self.cors_allow_origins

@@ -58,6 +58,8 @@ def errcode_for_status(status: int) -> str:
 
     The common 4xx have fixed codes; any other 4xx is named after its standard
     reason phrase (410 gives ``GONE``); 5xx and unknown statuses give ``UNKNOWN``.
+
+    .. versionadded:: 0.1
     """
     if status in _ERRCODES:
         return _ERRCODES[status]
@@ -85,6 +87,8 @@ class ServletError(tornado.web.HTTPError):
         (see :func:`errcode_for_status`).
     :param headers: sent with the error response, e.g. ``{"Retry-After": "2"}``.
     :param fields: extra JSON members, e.g. ``retry_after_ms=500``.
+
+    .. versionadded:: 0.1
     """
 
     def __init__(
@@ -142,42 +146,91 @@ class _DefaultStatusError(ServletError):
 
 
 class BadRequest(_DefaultStatusError):
+    """400 ``BAD_REQUEST``: the request is malformed or fails validation.
+
+    Raise it from a handler for input the client must fix; pass an ``errcode`` of your
+    own (``BAD_NAME``) to let clients branch on the problem.
+
+    .. versionadded:: 0.1
+    """
+
     status = 400
     default_msg = "Bad request"
 
 
 class Unauthorized(_DefaultStatusError):
+    """401 ``UNAUTHORIZED``: the request lacks valid credentials.
+
+    For a JSON API, raise it from ``get_current_user``/``prepare`` rather than using
+    ``@tornado.web.authenticated``, which redirects to ``login_url`` (see the recipe
+    "JSON APIs and 401"). Add a ``WWW-Authenticate`` header with ``headers=``.
+
+    .. versionadded:: 0.1
+    """
+
     status = 401
     default_msg = "Authentication required"
 
 
 class Forbidden(_DefaultStatusError):
+    """403 ``FORBIDDEN``: the client is known but may not do this.
+
+    .. versionadded:: 0.1
+    """
+
     status = 403
     default_msg = "Forbidden"
 
 
 class NotFound(_DefaultStatusError):
+    """404 ``NOT_FOUND``: no such resource, e.g. ``NotFound("No such user")``.
+
+    .. versionadded:: 0.1
+    """
+
     status = 404
     default_msg = "Not found"
 
 
 class Conflict(_DefaultStatusError):
+    """409 ``CONFLICT``: the request clashes with the resource's current state
+    (a duplicate name, a stale version).
+
+    .. versionadded:: 0.1
+    """
+
     status = 409
     default_msg = "Conflict"
 
 
 class PayloadTooLarge(_DefaultStatusError):
+    """413 ``TOO_LARGE``: the body exceeds what the endpoint accepts.
+
+    ``JsonBodyMixin`` raises it for bodies above ``json_body_limit``.
+
+    .. versionadded:: 0.1
+    """
+
     status = 413
     default_msg = "Request body too large"
 
 
 class UnsupportedMediaType(_DefaultStatusError):
+    """415 ``UNSUPPORTED_MEDIA_TYPE``: the body's ``Content-Type`` is not one the
+    endpoint reads. ``JsonBodyMixin`` raises it for a body that is not JSON.
+
+    .. versionadded:: 0.1
+    """
+
     status = 415
     default_msg = "Unsupported media type"
 
 
 class MethodNotAllowed(ServletError):
-    """405 with the ``Allow`` header listing the methods the resource has."""
+    """405 with the ``Allow`` header listing the methods the resource has.
+
+    .. versionadded:: 0.1
+    """
 
     def __init__(
         self,
@@ -199,7 +252,10 @@ class MethodNotAllowed(ServletError):
 
 
 class TooManyRequests(ServletError):
-    """429; ``retry_after`` (seconds) sets ``Retry-After`` and a ``retry_after_ms`` member."""
+    """429; ``retry_after`` (seconds) sets ``Retry-After`` and a ``retry_after_ms`` member.
+
+    .. versionadded:: 0.1
+    """
 
     def __init__(
         self,
@@ -250,8 +306,10 @@ class RedirectError(ServletError):
 
     With ``keep_method`` the status is 307 (or 308), which tells the client to
     repeat the same method and body at the new location instead of switching to GET.
-    The location is percent-encoded where it must be (see :func:`encode_location`);
+    The location is percent-encoded where it must be (see ``encode_location()``);
     ``self.location`` is the encoded form, the one sent.
+
+    .. versionadded:: 0.1
     """
 
     def __init__(

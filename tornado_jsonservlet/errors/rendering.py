@@ -251,6 +251,13 @@ class ErrorRenderingMixin(tornado_internals.RequestLifecycle):
         value: Optional[BaseException],
         tb: Optional[TracebackType],
     ) -> None:
+        """Log an exception once, at the level its outcome deserves.
+
+        An unexpected exception is logged by Tornado's ``log_exception`` (ERROR on
+        ``tornado.application``, with your override's chain intact); a deliberate
+        ``HTTPError``/``ServletError`` is an INFO or WARNING line on ``tornado.general``;
+        an exception after the client left is at most a WARNING.
+        """
         if value is None or isinstance(value, StreamClosedError):
             super().log_exception(typ, value, tb)
             return
@@ -335,6 +342,11 @@ class ErrorRenderingMixin(tornado_internals.RequestLifecycle):
         return outcome
 
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        """Tornado's ``send_error``; after the headers went out, the connection is aborted.
+
+        A response whose headers were already sent cannot become an error response; the
+        client then sees a truncated response rather than a corrupt "success".
+        """
         if (
             tornado_internals.headers_sent(self)
             and not tornado_internals.is_finished(self)
@@ -363,6 +375,11 @@ class ErrorRenderingMixin(tornado_internals.RequestLifecycle):
                     super().log_exception(type(pending), pending, pending.__traceback__)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Render the error through the error-handler table and :meth:`error_body`.
+
+        Replaces Tornado's HTML page with the mixin's format; ``ServletError`` and
+        ``HTTPError`` give their status and ``errcode``, anything else a bare 500.
+        """
         exc: Optional[BaseException] = kwargs["exc_info"][1] if "exc_info" in kwargs else None
         error, expected = self._jsonservlet_resolve_error(status_code, exc)
         scope = scope_of(self)
@@ -463,9 +480,15 @@ class ErrorRenderingMixin(tornado_internals.RequestLifecycle):
 
 
 class JsonErrorMixin(ErrorRenderingMixin):
-    """Render errors as ``{"errcode": ..., "error": ..., **fields}``."""
+    """Render errors as ``{"errcode": ..., "error": ..., **fields}``.
+
+    .. versionadded:: 0.1
+    """
 
     def error_body(self, error: ServletError, exc: Optional[BaseException]) -> tuple[str, bytes]:
+        """``{"errcode": ..., "error": ...}`` plus the error's extra fields (and
+        ``traceback`` with ``serve_traceback``), as ``application/json``.
+        """
         body = error.to_dict()
         # With RequestIdMixin: the ID a client quotes when it reports the error.
         request_id = scope_of(self).request_id
@@ -532,6 +555,8 @@ class HtmlErrorMixin(ErrorRenderingMixin):
     Templates receive ``code``, ``reason``, ``msg``, ``errcode`` and, in debug mode
     only, ``traceback``. Values are passed already escaped, so even a template
     compiled without autoescape cannot be turned into an XSS vector.
+
+    .. versionadded:: 0.1
     """
 
     error_template: ErrorTemplate = None
@@ -590,6 +615,9 @@ class HtmlErrorMixin(ErrorRenderingMixin):
             ) from error
 
     def error_body(self, error: ServletError, exc: Optional[BaseException]) -> tuple[str, bytes]:
+        """The error page rendered from ``error_template``, every value escaped,
+        with headers that forbid framing.
+        """
         self.set_header("X-Frame-Options", "DENY")
         self.set_header("Content-Security-Policy", "frame-ancestors 'none'")
         template = self.error_template
@@ -657,9 +685,13 @@ def preferred_media_type(accept: Optional[str], offers: Sequence[str]) -> str:
 
 
 class NegotiatedErrorMixin(JsonErrorMixin, HtmlErrorMixin):
-    """JSON or HTML errors, whichever the request's ``Accept`` prefers (JSON by default)."""
+    """JSON or HTML errors, whichever the request's ``Accept`` prefers (JSON by default).
+
+    .. versionadded:: 0.1
+    """
 
     def error_body(self, error: ServletError, exc: Optional[BaseException]) -> tuple[str, bytes]:
+        """JSON or HTML, chosen from the request's ``Accept`` header (JSON on a tie)."""
         self.add_header("Vary", "Accept")
         accept = self.request.headers.get("Accept")
         if preferred_media_type(accept, ("application/json", "text/html")) == "text/html":

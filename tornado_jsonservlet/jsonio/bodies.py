@@ -63,6 +63,8 @@ class JsonBodyMixin(tornado.web.RequestHandler):
     enforced while the body arrives: from ``Content-Length`` before a byte is read,
     and chunk by chunk for chunked uploads. Without it, Tornado has read the whole
     body (up to the server's ``max_body_size``) before the limit is checked.
+
+    .. versionadded:: 0.1
     """
 
     #: Largest accepted body, in bytes.
@@ -71,6 +73,12 @@ class JsonBodyMixin(tornado.web.RequestHandler):
     json_require_content_type: bool = True
 
     def prepare(self) -> Any:
+        """Refuse a declared ``Content-Length`` above :attr:`json_body_limit` before
+        any of the body is read.
+
+        :raises BadRequest: a ``Content-Length`` that is not ASCII digits (``BAD_HEADER``).
+        :raises PayloadTooLarge: a declared body above the limit (``TOO_LARGE``).
+        """
         declared = self.request.headers.get("Content-Length")
         if declared is not None:
             # Strict: "²".isdigit() is true and int() then fails, and int() on a
@@ -88,6 +96,9 @@ class JsonBodyMixin(tornado.web.RequestHandler):
         return super().prepare()
 
     def data_received(self, chunk: bytes) -> None:
+        """Collect a streamed body, answering 413 ``TOO_LARGE`` as soon as it crosses
+        :attr:`json_body_limit` (for ``@stream_request_body`` handlers, servlets included).
+        """
         if tornado_internals.is_finished(self):
             return
         body = _body_state(self)
@@ -185,6 +196,8 @@ def require(body: Mapping[str, Any], name: str, kind: type[_T]) -> _T:
     is accepted for ``float``.
 
     :raises ServletError: 400 ``MISSING_PARAM`` or ``INVALID_PARAM``, with ``param``.
+
+    .. versionadded:: 0.1
     """
     if not isinstance(body, Mapping) or name not in body:
         raise BadRequest(f"Missing required field '{name}'", "MISSING_PARAM", param=name)

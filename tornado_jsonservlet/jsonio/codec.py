@@ -96,7 +96,10 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 def active_backend() -> str:
-    """``"orjson"`` or ``"ujson"``: the encoder used for non-canonical output."""
+    """``"orjson"`` or ``"ujson"``: the encoder used for non-canonical output.
+
+    .. versionadded:: 0.1
+    """
     return _BACKEND
 
 
@@ -198,6 +201,8 @@ def encode(
     :raises TypeError: a value JSON cannot represent; the message names its type.
     :raises ValueError: NaN or infinity, a lone surrogate, or nesting beyond 1024
         levels. The same exception and message with either backend.
+
+    .. versionadded:: 0.1
     """
     if canonical or _fast_dumps is None:
         return _ujson_dumps(obj, canonical, default)
@@ -344,6 +349,8 @@ def decode(data: Union[bytes, str]) -> Any:
     """Decode one RFC 8259 JSON document (see the module documentation).
 
     :raises ValueError: with a message about the input (safe to show the client).
+
+    .. versionadded:: 0.1
     """
     if isinstance(data, str):
         text = data

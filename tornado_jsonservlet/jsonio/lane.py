@@ -17,13 +17,13 @@ steady stream of slices. The lane instead treats bulk work as background work:
   idle between slices, for as long as the last slice took. Yielding between slices is
   not enough there. A small request takes several trips round the loop, and a slice
   may run before each of them. Also, a CPU that never idles makes every new arrival
-  wait longer on a shared machine. On the 2-core test VM, a task that only burned CPU
-  and yielded every 0.2 ms raised an idle server's small-request p50 from 0.4 to
-  1.2 ms and its p99 about threefold. With the pause, in three side-by-side runs of
-  five rounds, small-request p99 under two 1 MB readers fell from 4.4, 3.4 and 6.0 ms
-  to 2.1, 1.9 and 3.5 ms. The readers got 64 and 75 instead of 92 and 94 responses/s
-  (the first run did not count them). Big responses alone run at full speed: the
-  pause ends ``interactive_window`` after the last small response.
+  wait longer on a shared machine: a task that only burns CPU and yields often still
+  raises an idle server's small-request latency severalfold. The pause brings the
+  small-request tail under big readers back near its unloaded value, at the price of
+  some of the readers' throughput (the figures, and the commands that produce them,
+  are on the documentation's performance page: ``benchmarks/compare.py``, P3). Big
+  responses alone run at full speed: the pause ends ``interactive_window`` after the
+  last small response.
 
 Only public asyncio APIs are used; the idle test is a timing heuristic.
 """
@@ -107,8 +107,8 @@ class LowPriorityLane:
         ``max_wait``) before it looks for its idle moment. The pause is taken
         before the next piece, not after this one, so the last piece of a response
         is not delayed, and a caller cancelled meanwhile loses nothing it was
-        given. The sleep can overrun by up to 1 ms on an otherwise idle loop: the
-        selector counts timeouts in whole milliseconds.
+        given. The sleep can overrun by up to a millisecond on an otherwise idle loop:
+        the selector counts timeouts in whole milliseconds.
         """
         async with self._lock:
             pause = self._resume_at - time.perf_counter()

@@ -319,6 +319,8 @@ class CancellableHTTPClient(tornado_internals.AbortableClient):
     ``SimpleAsyncHTTPClient``; the usual way is one line at startup::
 
         AsyncHTTPClient.configure("tornado_jsonservlet.outbound.CancellableHTTPClient")
+
+    .. versionadded:: 0.1
     """
 
     connection_type = _CancellableConnection
@@ -333,6 +335,12 @@ class CancellableHTTPClient(tornado_internals.AbortableClient):
         raise_error: bool = True,
         **kwargs: Any,
     ) -> Future[HTTPResponse]:
+        """``AsyncHTTPClient.fetch``; cancelling the returned future aborts the request.
+
+        With a request deadline in the context, the timeouts are capped at the time
+        left and the upstream is told it in the deadline header; the calling request's ID
+        is sent as ``X-Request-ID``. The caller's ``HTTPRequest`` is never modified.
+        """
         parent, self._redirect_parent = self._redirect_parent, None
         # A redirect keeps the deadline of the request it follows (it runs in some
         # other task's context); any other fetch takes the caller's.
@@ -370,6 +378,9 @@ class CancellableHTTPClient(tornado_internals.AbortableClient):
         return outer
 
     def fetch_impl(self, request: HTTPRequest, callback: Callable[[HTTPResponse], None]) -> None:
+        """Start the request, or fail it at once with a 599 timeout when its deadline
+        has already passed (nothing is sent then).
+        """
         record, self._registering = self._registering, None
         if record is None:  # called directly, not through fetch()
             record = _Fetch(self, None)

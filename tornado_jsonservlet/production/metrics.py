@@ -11,7 +11,7 @@ Label values derived from the request come from a bounded set. A client chooses 
 method it sends, and each new label value is a new time series that lives as long as
 the process; 300 invented methods once added 300 series per servlet. So any method
 outside :data:`KNOWN_METHODS` is reported as ``"other"``, and so is a status outside
-100-599 (:func:`method_label`, :func:`status_label`).
+100-599 (``method_label()``, ``status_label()``).
 """
 
 from __future__ import annotations
@@ -50,11 +50,25 @@ def status_label(status: int) -> str:
 class ServletMetrics:
     """Receives one observation per finished request. Subclass to export them.
 
-    The registry's servlets pass ``method`` through :func:`method_label` already, so
+    The registry's servlets pass ``method`` through ``method_label()`` already, so
     a sink sees at most eight methods.
+
+    .. versionadded:: 0.1
     """
 
     def observe(self, servlet: str, method: str, status: int, seconds: float) -> None:
+        """Record one finished request; called once per request, after its access line.
+
+        Implement this to export metrics. It runs on the event loop, in the request's
+        logging path, so it must be quick and must not raise (an exception here would
+        be logged as an error for a request that went fine).
+
+        :param servlet: the servlet's name (the registry's name for its URL).
+        :param method: the HTTP method, one of eight values (``other`` for the rest).
+        :param status: the status in the access log (499 for a departed client).
+        :param seconds: the request's duration.
+        :raises NotImplementedError: in this base class.
+        """
         raise NotImplementedError
 
 
@@ -67,13 +81,17 @@ class _Timing:
 
 @dataclass
 class InMemoryMetrics(ServletMetrics):
-    """Counts per ``(servlet, status)`` and timing totals per servlet."""
+    """Counts per ``(servlet, status)`` and timing totals per servlet.
+
+    .. versionadded:: 0.1
+    """
 
     requests: Counter[tuple[str, int]] = field(default_factory=Counter)
     timings: dict[str, _Timing] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def observe(self, servlet: str, method: str, status: int, seconds: float) -> None:
+        """Count the request and add its duration to the servlet's totals."""
         with self._lock:
             self.requests[(servlet, status)] += 1
             timing = self.timings.setdefault(servlet, _Timing())
@@ -92,7 +110,10 @@ class InMemoryMetrics(ServletMetrics):
 
 class PrometheusMetrics(ServletMetrics):
     """``servlet_requests_total{servlet,method,status}`` and
-    ``servlet_request_duration_seconds{servlet,method}``."""
+    ``servlet_request_duration_seconds{servlet,method}``.
+
+    .. versionadded:: 0.1
+    """
 
     def __init__(self, registry: Any = None, namespace: str = "") -> None:
         try:
@@ -119,6 +140,7 @@ class PrometheusMetrics(ServletMetrics):
         )
 
     def observe(self, servlet: str, method: str, status: int, seconds: float) -> None:
+        """Increment the request counter and observe the duration histogram."""
         # Folded again here: observe() is public, and a caller other than the
         # registry's servlets may pass raw request data.
         method = method_label(method)

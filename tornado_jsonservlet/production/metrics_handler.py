@@ -52,6 +52,8 @@ class MetricsHandler(tornado.web.RequestHandler):
     ``registry`` (an ``initialize`` argument) defaults to prometheus-client's
     global ``REGISTRY`` in a single process and to a ``MultiProcessCollector``
     over ``PROMETHEUS_MULTIPROC_DIR`` when that is set.
+
+    .. versionadded:: 0.1
     """
 
     registry: Any = None
@@ -61,6 +63,10 @@ class MetricsHandler(tornado.web.RequestHandler):
         self.registry = registry
 
     def get(self) -> None:
+        """Serve the registry's samples, in OpenMetrics when the scraper asks for it
+        (``Accept``), in Prometheus' text format otherwise; with
+        ``PROMETHEUS_MULTIPROC_DIR`` set, the sum over every worker.
+        """
         prometheus_client = _prometheus_client()
         registry = self.registry
         if registry is None:
@@ -111,6 +117,8 @@ def metrics_urlspec(
 
     :raises ImportError: prometheus-client is not installed.
     :raises ValueError: ``PROMETHEUS_MULTIPROC_DIR`` is set but is not a directory.
+
+    .. versionadded:: 0.1
     """
     _prometheus_client()
     directory = multiprocess_dir()

@@ -64,7 +64,10 @@ import traceback
 from collections.abc import Awaitable, Sequence
 from typing import Any, Callable, NoReturn, Optional, Union
 
+import tornado.log
 import tornado.netutil
+import tornado.options
+import tornado.process
 import tornado.web
 from tornado.log import gen_log
 
@@ -75,7 +78,7 @@ from tornado_jsonservlet.production.shutdown import (
     GracefulShutdown,
 )
 
-__all__ = ["AppFactory", "LifecycleHook", "serve"]
+__all__ = ["AppFactory", "LifecycleHook", "default_logging", "serve"]
 
 #: ``make_app``: returns the application, or an awaitable of it.
 AppFactory = Callable[[], Union[tornado.web.Application, Awaitable[tornado.web.Application]]]
@@ -158,7 +161,17 @@ def serve(
     Tornado log errors for them. In multi-process mode the parent never returns:
     it exits when the workers did.
 
+    **Logging.** When the application has not configured logging (the root logger
+    has no handler), ``serve()`` turns on Tornado's pretty logging as
+    ``tornado.options.parse_command_line()`` would, at the level of ``--logging``
+    (``info`` unless parsed otherwise; ``--logging=none`` keeps it off), so that
+    the line saying where each process listens, the access log and errors are
+    seen. Logging that is configured (``logging.basicConfig``, ``dictConfig``, or
+    ``parse_command_line``) is left untouched.
+
     :raises ValueError: for a bad argument, before anything is bound or forked.
+
+    .. versionadded:: 0.1
     """
     if isinstance(processes, bool) or not isinstance(processes, int) or processes < 0:
         raise ValueError(f"processes must be an integer >= 0, not {processes!r}")
@@ -175,6 +188,7 @@ def serve(
         raise ValueError("reuse_port needs SO_REUSEPORT, which this platform lacks")
     if reuse_port and port == 0 and processes != 1:
         raise ValueError("reuse_port needs a fixed port: with port 0 each worker would get its own")
+    default_logging()
 
     def run(sockets: Sequence[socket.socket], supervisor: Optional[_Supervisor]) -> None:
         asyncio.run(
@@ -248,7 +262,7 @@ async def _serve_in_this_process(
     server.add_sockets(sockets)
     shutdown = GracefulShutdown([server], grace=shutdown_grace, abandon_after=abandon_after)
     shutdown.install_signal_handlers(_STOP_SIGNALS, ignore_after=True)
-    names = ", ".join(_address(sock) for sock in sockets)
+    names = ", ".join(f"http://{_address(sock)}/" for sock in sockets)
     gen_log.info("%s (pid %d) serving on %s", name, os.getpid(), names)
     if supervisor is not None:
         supervisor.report_ready()
@@ -265,6 +279,25 @@ async def _serve_in_this_process(
             await _call(hook, app)
         except Exception:
             gen_log.error("Shutdown callback %r failed", hook, exc_info=True)
+
+
+def default_logging() -> bool:
+    """Turn on Tornado's pretty logging unless the application configured logging.
+
+    Without a handler on the root logger, Python prints only WARNING and above,
+    unformatted: a server's "serving on" line and its 2xx access lines vanish.
+    This does what ``tornado.options.parse_command_line()`` does, with the options'
+    ``--logging`` level (``info`` by default; ``none`` turns it off), and only when
+    the root logger has no handler, so an application's own configuration always
+    wins. Returns whether it configured anything.
+
+    .. versionadded:: 0.1
+    """
+    root = logging.getLogger()
+    if root.handlers:
+        return False
+    tornado.log.enable_pretty_logging(tornado.options.options)
+    return bool(root.handlers)
 
 
 def _exit_now(status: int) -> NoReturn:

@@ -76,6 +76,8 @@ def current_request_id() -> Optional[str]:
 
     For outbound calls: send it as ``X-Request-ID`` so the next service logs the
     same ID.
+
+    .. versionadded:: 0.1
     """
     return _current.get()
 
@@ -86,6 +88,8 @@ class RequestIdLogFilter(logging.Filter):
     Records logged outside a request get ``default`` (``"-"``). The filter never
     drops a record. Add it to a *handler* (``handler.addFilter(...)``), so that it
     also covers records of child loggers such as ``tornado.access``.
+
+    .. versionadded:: 0.1
     """
 
     def __init__(self, name: str = "", default: str = "-") -> None:
@@ -93,6 +97,9 @@ class RequestIdLogFilter(logging.Filter):
         self.default = default
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Set ``record.request_id`` to the current request's ID (the default outside a
+        request) unless the record has one; never drops a record.
+        """
         if not hasattr(record, "request_id"):
             record.request_id = _current.get() or self.default
         return True
@@ -104,6 +111,8 @@ class RequestIdMixin(tornado_internals.RequestLifecycle):
     Mix it in before ``RequestHandler`` (order among the toolkit's mixins does not
     matter). Set ``trust_request_id = False`` to ignore incoming IDs, for a server
     that faces clients directly and should not let them choose the ID.
+
+    .. versionadded:: 0.1
     """
 
     #: Accept a valid incoming ``X-Request-ID`` instead of generating one.
@@ -124,6 +133,9 @@ class RequestIdMixin(tornado_internals.RequestLifecycle):
         return request_id
 
     def set_default_headers(self) -> None:
+        """Add ``X-Request-ID``; called again when an error response resets the headers,
+        so errors carry the ID too.
+        """
         # Called again by send_error's clear(): error responses carry the ID too.
         super().set_default_headers()
         self.set_header(REQUEST_ID_HEADER, self.request_id)
@@ -163,6 +175,7 @@ class RequestIdMixin(tornado_internals.RequestLifecycle):
         value: Optional[BaseException],
         tb: Optional[TracebackType],
     ) -> None:
+        """Tornado's ``log_exception`` with the request's ID visible to log filters."""
         token = _current.set(self.request_id)
         try:
             super().log_exception(typ, value, tb)

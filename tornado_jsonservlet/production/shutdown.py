@@ -242,9 +242,14 @@ class DrainingHTTPServer(tornado.httpserver.HTTPServer):
     same; the bookkeeping costs one small object per request. A connection is
     *busy* from the moment a request's headers arrive until the response is
     complete (Tornado then asks for the next request) or the connection closes.
+
+    .. versionadded:: 0.1
     """
 
     def initialize(self, *args: Any, **kwargs: Any) -> None:
+        """``HTTPServer``'s arguments; also installs the transform that sends
+        ``Connection: close`` while draining (for a ``tornado.web.Application``).
+        """
         super().initialize(*args, **kwargs)
         # connection -> the request it serves, or None while idle (a connection
         # is registered when it asks for its first request)
@@ -279,6 +284,7 @@ class DrainingHTTPServer(tornado.httpserver.HTTPServer):
 
     @property
     def open_connections(self) -> int:
+        """Connections open right now, busy or idle."""
         return len(self._busy)
 
     def start_draining(self) -> None:
@@ -306,6 +312,9 @@ class DrainingHTTPServer(tornado.httpserver.HTTPServer):
     def start_request(
         self, server_conn: object, request_conn: tornado.httputil.HTTPConnection
     ) -> tornado.httputil.HTTPMessageDelegate:
+        """Track the connection as busy; while draining, close a connection that
+        finished its previous request instead of waiting for another.
+        """
         # Tornado asks for the next request once the previous one is complete.
         known = server_conn in self._busy
         self._busy[server_conn] = None
@@ -320,6 +329,7 @@ class DrainingHTTPServer(tornado.httpserver.HTTPServer):
         return _TrackedRequest(self, server_conn, delegate)
 
     def on_close(self, server_conn: object) -> None:
+        """Forget the connection, then let ``HTTPServer`` do the same."""
         self._busy.pop(server_conn, None)
         super().on_close(server_conn)
 
@@ -387,6 +397,8 @@ class GracefulShutdown:
     :param abandon_after: further seconds for requests that were not cancelled.
     :raises ValueError: for a negative duration; :raises TypeError: for a server
         that is not a :class:`DrainingHTTPServer` (both at construction).
+
+    .. versionadded:: 0.1
     """
 
     def __init__(

@@ -21,7 +21,7 @@ A method that answers another status than 200 says so in its return annotation,
 ``-> tuple[Literal[201], User]``; ``-> tuple[Literal[204], None]`` has no body.
 
 The docs page is Swagger UI, served by the application itself from the
-``swagger-ui-py`` package (``pip install tornado-jsonservlet[docs]``): no CDN, so
+``swagger-ui-py`` package (``pip install tornado-jsonservlet[openapi]``): no CDN, so
 it works offline and behind a strict firewall.
 """
 
@@ -344,7 +344,7 @@ def swagger_ui_directory() -> pathlib.Path:
         if all((static / name).is_file() for name in _ASSETS):
             return static
     raise RuntimeError(
-        "the docs page needs Swagger UI's files: pip install tornado-jsonservlet[docs] "
+        "the docs page needs Swagger UI's files: pip install tornado-jsonservlet[openapi] "
         "(the swagger-ui-py package), or mount_openapi(..., docs=False)"
     )
 

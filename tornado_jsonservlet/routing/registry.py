@@ -121,7 +121,10 @@ class _UnrecognizedServlet(JsonServlet):
 
 
 class ServletRegistry:
-    """Collects servlets and their patterns; :meth:`urlspecs` builds the URL table."""
+    """Collects servlets and their patterns; :meth:`urlspecs` builds the URL table.
+
+    .. versionadded:: 0.1
+    """
 
     def __init__(self, *, metrics: Optional[ServletMetrics] = None) -> None:
         self.metrics = metrics

@@ -178,24 +178,31 @@ class _ServletBase(
         return getattr(type(self), f"on_{'GET' if method == 'HEAD' else method}", None)
 
     async def get(self, *args: str, **kwargs: str) -> None:
+        """Dispatch to ``on_GET`` with the converted path parameters."""
         await self._jsonservlet_dispatch("GET", kwargs)
 
     async def head(self, *args: str, **kwargs: str) -> None:
+        """Dispatch to ``on_GET``; the body is not sent (nor, for JSON, encoded)."""
         await self._jsonservlet_dispatch("GET", kwargs)
 
     async def post(self, *args: str, **kwargs: str) -> None:
+        """Dispatch to ``on_POST`` with the converted path parameters."""
         await self._jsonservlet_dispatch("POST", kwargs)
 
     async def put(self, *args: str, **kwargs: str) -> None:
+        """Dispatch to ``on_PUT`` with the converted path parameters."""
         await self._jsonservlet_dispatch("PUT", kwargs)
 
     async def patch(self, *args: str, **kwargs: str) -> None:
+        """Dispatch to ``on_PATCH`` with the converted path parameters."""
         await self._jsonservlet_dispatch("PATCH", kwargs)
 
     async def delete(self, *args: str, **kwargs: str) -> None:
+        """Dispatch to ``on_DELETE`` with the converted path parameters."""
         await self._jsonservlet_dispatch("DELETE", kwargs)
 
     async def options(self, *args: str, **kwargs: str) -> None:
+        """Answer 204 with ``Allow`` (and CORS preflight headers when configured)."""
         self.set_header("Allow", ", ".join(self.allowed_methods))
         self.set_cors_preflight_headers(self.allowed_methods)
         self.set_status(204)
@@ -385,9 +392,14 @@ def _allow_on_405(handler: Any, error: tornado.web.HTTPError) -> tornado.web.HTT
 
 
 class JsonServlet(JsonErrorMixin, JsonResponseMixin, _ServletBase):
-    """A servlet whose bodies are JSON and whose errors are ``{"errcode", "error"}``."""
+    """A servlet whose bodies are JSON and whose errors are ``{"errcode", "error"}``.
+
+    .. versionadded:: 0.1
+    """
 
     async def send_body(self, status: int, body: Any) -> None:
+        """Send the method's return value with
+        :meth:`~tornado_jsonservlet.JsonResponseMixin.write_json`."""
         returns = scope_of(self).servlet.returns
         if returns is not None and self.request.method != "HEAD":
             msgspec = sys.modules.get("msgspec")
@@ -437,9 +449,15 @@ class HtmlServlet(HtmlErrorMixin, _ServletBase):
 
     :meth:`render_template` renders a jinja2 template (autoescaped) from the
     application's ``template_path``; return its result from ``on_GET``.
+
+    .. versionadded:: 0.1
     """
 
     async def send_body(self, status: int, body: Any) -> None:
+        """Send a ``str`` or ``bytes`` return value as ``text/html``.
+
+        :raises TypeError: any other type (a bug in the servlet: a 500).
+        """
         if not isinstance(body, (str, bytes)):
             raise TypeError(
                 f"{self.servlet_name} must return str or bytes, not {type(body).__name__}"
@@ -450,6 +468,11 @@ class HtmlServlet(HtmlErrorMixin, _ServletBase):
         await self.finish(body)
 
     def render_template(self, name: str, **context: Any) -> str:
+        """Render the jinja2 template ``name`` from the application's ``template_path``
+        (autoescaped) with ``context``; return the result from ``on_GET``.
+
+        :raises RuntimeError: the application has no ``template_path``.
+        """
         template_path = self.get_template_path()
         if template_path is None:
             raise RuntimeError("render_template needs the application's template_path setting")

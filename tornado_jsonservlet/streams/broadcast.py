@@ -66,7 +66,10 @@ DEFAULT_MAX_QUEUED = 1000
 
 
 class EndReason(str, enum.Enum):
-    """Why a :class:`Subscription` stopped delivering messages."""
+    """Why a :class:`Subscription` stopped delivering messages.
+
+    .. versionadded:: 0.1
+    """
 
     #: Its queue was full when a message arrived: it fell behind and was dropped.
     LAGGED = "lagged"
@@ -82,6 +85,8 @@ class BroadcastUnavailable(ServletError):
     """The message bus cannot be reached: a 503 ``UNAVAILABLE`` if a handler lets it escape.
 
     Logged by the error mixins as a deliberate 5xx (WARNING), not as a bug.
+
+    .. versionadded:: 0.1
     """
 
     def __init__(self, msg: str = "Broadcast service unavailable") -> None:
@@ -99,6 +104,8 @@ class Subscription:
 
     Read it from one task at a time. Iteration ends (without an exception) when
     the subscription ends; :attr:`ended` says why.
+
+    .. versionadded:: 0.1
     """
 
     __slots__ = ("_queue", "_receiver", "_waiter", "channel", "ended", "max_queued")
@@ -229,6 +236,8 @@ class Broadcaster(abc.ABC):
 
     Subscriptions are local to the process; an implementation decides how a
     published message reaches them (directly, or through a message bus).
+
+    .. versionadded:: 0.1
     """
 
     def __init__(self, *, max_queued: int = DEFAULT_MAX_QUEUED) -> None:
@@ -335,9 +344,18 @@ class Broadcaster(abc.ABC):
 
 class InMemoryBroadcaster(Broadcaster):
     """Fan-out within one process (one event loop). Messages are passed as they are,
-    not copied: every subscriber gets the same object, so treat it as immutable."""
+    not copied: every subscriber gets the same object, so treat it as immutable.
+
+    .. versionadded:: 0.1
+    """
 
     async def publish(self, channel: str, message: Any) -> int:
+        """Queue ``message`` for every local subscriber of ``channel`` without waiting;
+        return how many it reached. A subscriber whose queue is full is dropped
+        (``EndReason.LAGGED``).
+
+        :raises TypeError: ``channel`` is not a ``str``.
+        """
         if not isinstance(channel, str):
             raise TypeError(f"channel must be a str, not {type(channel).__name__}")
         return self._deliver(channel, message)

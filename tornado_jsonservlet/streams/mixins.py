@@ -390,10 +390,13 @@ class EventStreamMixin(StreamingResponseMixin):
                     await self.send_event({"n": n}, id=n)
                     await asyncio.sleep(1)
 
-    The stream starts with the first event (or :meth:`start_stream`), with
+    The stream starts with the first event (or
+    :meth:`~tornado_jsonservlet.streams.mixins.StreamingResponseMixin.start_stream`), with
     ``Content-Type: text/event-stream``, ``Cache-Control: no-cache`` and
     ``X-Accel-Buffering: no`` (nginx passes events through unbuffered). While it
     is idle, a comment line is sent every ``heartbeat_interval`` seconds.
+
+    .. versionadded:: 0.1
     """
 
     #: Seconds of silence before a heartbeat comment is sent; ``None`` disables it.
@@ -440,7 +443,8 @@ class EventStreamMixin(StreamingResponseMixin):
             a NUL), or a negative ``retry``. Nothing is sent.
         :raises TypeError: data that JSON cannot represent, or a
             :class:`ServerSentEvent` given with other fields. Nothing is sent.
-        :raises StreamClosedError: see :meth:`~StreamingResponseMixin.send_bytes`.
+        :raises StreamClosedError: see
+            :meth:`~tornado_jsonservlet.streams.mixins.StreamingResponseMixin.send_bytes`.
         """
         if isinstance(data, ServerSentEvent):
             if event is not None or id is not None or retry is not None:
@@ -528,6 +532,9 @@ class EventStreamMixin(StreamingResponseMixin):
         await self.send_bytes(format_comment(text))
 
     def set_stream_headers(self) -> None:
+        """``text/event-stream``, ``Cache-Control: no-cache`` and
+        ``X-Accel-Buffering: no`` (nginx then passes events through unbuffered).
+        """
         self.set_header("Content-Type", EVENT_STREAM_CONTENT_TYPE)
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
@@ -580,6 +587,8 @@ class JsonLinesMixin(StreamingResponseMixin):
         class ExportHandler(JsonLinesMixin, tornado.web.RequestHandler):
             async def get(self):
                 await self.stream_json_lines(db.iterate_rows())
+
+    .. versionadded:: 0.1
     """
 
     async def stream_json_lines(self, items: AsyncIterable[Any]) -> None:
@@ -605,6 +614,9 @@ class JsonLinesMixin(StreamingResponseMixin):
         await self.finish()
 
     def set_stream_headers(self) -> None:
+        """``application/x-ndjson``, ``Cache-Control: no-cache`` and
+        ``X-Accel-Buffering: no``.
+        """
         self.set_header("Content-Type", JSON_LINES_CONTENT_TYPE)
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
@@ -623,6 +635,8 @@ class LongPollMixin(CancelOnDisconnectMixin):
                     self.set_status(204)
                 else:
                     await self.write_json(message)
+
+    .. versionadded:: 0.1
     """
 
     async def long_poll(

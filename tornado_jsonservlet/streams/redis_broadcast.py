@@ -113,6 +113,8 @@ class RedisBroadcaster(Broadcaster):
         connection before the reader checks it with a ``PING``.
     :param retry_after: seconds during which callers fail at once after a round
         trip timed out, before one of them probes Redis again.
+
+    .. versionadded:: 0.1
     """
 
     def __init__(
@@ -188,6 +190,9 @@ class RedisBroadcaster(Broadcaster):
         raise AssertionError("unreachable")  # pragma: no cover - for type checkers
 
     async def close(self) -> None:
+        """End every subscription (``EndReason.BROADCASTER_CLOSED``) and close the
+        connection to Redis, unless it was given as ``client``.
+        """
         await super().close()
         reader, self._reader = self._reader, None
         if reader is not None:

@@ -15,7 +15,8 @@ __all__ = ["EventStreamServlet"]
 
 
 class EventStreamServlet(EventStreamMixin, JsonServlet):
-    """A servlet whose ``on_GET`` streams server-sent events with :meth:`send_event`.
+    """A servlet whose ``on_GET`` streams server-sent events with
+    :meth:`~tornado_jsonservlet.EventStreamMixin.send_event`.
 
     ::
 
@@ -32,9 +33,16 @@ class EventStreamServlet(EventStreamMixin, JsonServlet):
     ``None`` once it has streamed; before that, it may return ``(status, body)``
     as any servlet does, for instance ``204, None``, which tells an
     ``EventSource`` to stop reconnecting.
+
+    .. versionadded:: 0.1
     """
 
     async def send_body(self, status: int, body: Any) -> None:
+        """Send a return value given before the stream started, like any servlet
+        (``204, None`` sends no body).
+
+        :raises TypeError: ``on_GET`` streamed events and then returned a body.
+        """
         if self.stream_started:
             raise TypeError(
                 f"{self.servlet_name}.on_GET streamed events; it must return None, "

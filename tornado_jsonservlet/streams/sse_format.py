@@ -98,7 +98,9 @@ class ServerSentEvent:
     subscriber. (A ``RedisBroadcaster`` carries JSON, so publish plain messages
     there.) ``send_event`` accepts one too, without other fields.
 
-    :raises ValueError, TypeError: as :func:`format_event`.
+    :raises ValueError, TypeError: as ``format_event()``.
+
+    .. versionadded:: 0.1
     """
 
     __slots__ = ("data", "encoded", "event", "id", "retry")
@@ -160,7 +162,7 @@ def parse_last_event_id(raw: Optional[str]) -> Optional[str]:
 
     ``raw`` is the header as Tornado gives it (bytes decoded as Latin-1). Browsers
     send the id as UTF-8, so it is re-decoded; the result is an id that
-    :func:`format_event` could have sent.
+    ``format_event()`` could have sent.
 
     :raises ValueError: a value longer than :data:`MAX_EVENT_ID_LENGTH`, not UTF-8,
         or containing CR, LF or NUL. The message is safe to show the client.

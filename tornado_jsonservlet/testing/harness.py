@@ -33,13 +33,17 @@ CloseHow = Literal["fin", "rst"]
 
 
 class RawHTTPConnection:
-    """One client connection to a local test server, closed on the test's command."""
+    """One client connection to a local test server, closed on the test's command.
+
+    .. versionadded:: 0.1
+    """
 
     def __init__(self, stream: IOStream) -> None:
         self.stream = stream
 
     @classmethod
     async def open(cls, port: int, host: str = "127.0.0.1") -> RawHTTPConnection:
+        """Connect to ``host:port`` (a local test server)."""
         stream = await TCPClient().connect(host, port)
         return cls(stream)
 
@@ -66,6 +70,7 @@ class RawHTTPConnection:
         await self.stream.write(head.encode("latin-1") + b"\r\n" + data)
 
     async def send_raw(self, data: bytes) -> None:
+        """Send ``data`` as it is: for malformed requests and hand-built uploads."""
         await self.stream.write(data)
 
     async def read_until_close(self, timeout: float = 5.0) -> bytes:
@@ -85,6 +90,7 @@ class RawHTTPConnection:
 
     @property
     def closed(self) -> bool:
+        """True once the connection is closed, by either side."""
         return self.stream.closed()
 
 
@@ -93,7 +99,10 @@ class RawHTTPConnection:
 
 @dataclass
 class AwaitPointResult:
-    """What happened when the client left while the handler was suspended at one point."""
+    """What happened when the client left while the handler was suspended at one point.
+
+    .. versionadded:: 0.1
+    """
 
     point: int
     interrupted: bool  # the handler did not resume normally from that await
@@ -106,16 +115,21 @@ class AwaitPointResult:
 
 @dataclass
 class DisconnectReport:
-    """The outcome of :func:`disconnect_at_every_await`."""
+    """The outcome of :func:`disconnect_at_every_await`.
+
+    .. versionadded:: 0.1
+    """
 
     normal_status: int
     points: list[AwaitPointResult] = field(default_factory=list)
 
     @property
     def covered(self) -> int:
+        """How many await points were visited."""
         return len(self.points)
 
     def problems(self) -> list[str]:
+        """One line per check that failed at some await point; empty when all passed."""
         found = []
         for result in self.points:
             where = f"await point {result.point}"
@@ -330,6 +344,8 @@ async def disconnect_at_every_await(
     tasks or threads is not visited; Tornado's wait for a streamed body is not a
     handler await point; and a handler whose number of awaits changes from run to
     run is reported as failing at the points it skipped.
+
+    .. versionadded:: 0.1
     """
     data = body.encode() if isinstance(body, str) else body
     watch, records = await _run_once(
