@@ -88,7 +88,7 @@ def test_422_is_documented_when_the_servlet_uses_it() -> None:
 
 def test_docs_without_swagger_ui_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(openapi.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(RuntimeError, match=r"tornado-jsonservlet\[docs\]"):
+    with pytest.raises(RuntimeError, match=r"tornado-jsonservlet\[openapi\]"):
         ServletRegistry().mount_openapi(title="t", version="1")
     ServletRegistry().mount_openapi(title="t", version="1", docs=False)
 

@@ -113,9 +113,11 @@ class CorsMixin(tornado.web.RequestHandler):
         carry the same CORS headers as successes and the browser lets the page read them.
         """
         super().set_default_headers()
-        origin = self.request.headers.get("Origin")
         allowed = self.cors_allow_origins
-        if origin is None or not allowed:
+        if not allowed:
+            return  # CORS off (the common case): no header look-up at all
+        origin = self.request.headers.get("Origin")
+        if origin is None:
             return
         wildcard = "*" in allowed
         if origin in allowed and origin != "*":

@@ -223,7 +223,7 @@ class _ServletBase(
             params.update(signature.bind(self, self._jsonservlet_validation_status()))
         state.returns = signature.returns
         result = target(**params)
-        if inspect.isawaitable(result):
+        if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
             result = await result
         if result is None or tornado_internals.is_finished(self):
             return
@@ -310,7 +310,10 @@ class _ServletBase(
 
     def _jsonservlet_complete_body(self) -> None:
         """Make the streamed body look like a normal one to code that reads it."""
-        scope_of(self).servlet.body_complete = True
+        scope = scope_of(self)
+        scope.servlet.body_complete = True
+        if scope.json_body is None:
+            return  # nothing arrived: the body is Tornado's b"", and there is no form
         body = self._jsonservlet_body_bytes()
         self.request.body = body
         content_type = self.request.headers.get("Content-Type", "")
@@ -350,6 +353,9 @@ class _ServletBase(
             )
 
 
+# Results that are never awaitable: checked by type first, which costs less than
+# inspect.isawaitable on every request.
+_PLAIN_RESULTS = frozenset({dict, list, tuple, type(None), str, bytes, int})
 _DISPATCHERS = ("get", "head", "post", "put", "patch", "delete", "options")
 _NAMED_COPY = DISPATCHER_COPY_MARK
 
