@@ -40,8 +40,10 @@ from tornado_jsonservlet import (
     DrainingHTTPServer,
     EventStreamMixin,
     GracefulShutdown,
+    InMemoryBroadcaster,
     JsonErrorMixin,
     JsonLinesMixin,
+    LongPollMixin,
     RequestIdMixin,
     serve,
     shutdown_notice,
@@ -330,6 +332,20 @@ class Poll(CancelOnDisconnectMixin, tornado.web.RequestHandler):
         self.write({"news": "shutting down, reconnect elsewhere"})
 
 
+class MixinPoll(LongPollMixin, tornado.web.RequestHandler):
+    """LongPollMixin's own wait ends when the server begins to drain."""
+
+    def initialize(self, probe: Probe) -> None:
+        self.probe = probe
+
+    async def get(self) -> None:
+        async with InMemoryBroadcaster().subscribe("news") as messages:
+            message = await self.long_poll(messages, timeout=30)
+        self.probe.hit("poll answered")
+        if message is None:
+            self.set_status(204)
+
+
 @pytest.fixture
 def streams(io_loop: tornado.ioloop.IOLoop) -> Iterator[Server]:
     probe = Probe()
@@ -338,6 +354,7 @@ def streams(io_loop: tornado.ioloop.IOLoop) -> Iterator[Server]:
             (r"/ticker", Ticker, {"probe": probe}),
             (r"/export", Export, {"probe": probe}),
             (r"/poll", Poll),
+            (r"/mixin-poll", MixinPoll, {"probe": probe}),
         ]
     )
     sock, port = bind_unused_port()
@@ -378,6 +395,18 @@ async def test_open_streams_end_at_once_and_are_logged_with_the_status_sent(stre
     assert streams.probe.count("export cleanup") == 1
     assert sorted(access_statuses(caplog)) == [200, 200, 200, 200]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_long_poll_answers_at_once_when_a_shutdown_begins(streams, caplog):
+    poll = streams.fetch("/mixin-poll")
+    await wait_until(lambda: streams.server.busy_connections == 1, what="the long poll waiting")
+    report = await GracefulShutdown([streams.server], grace=10).shutdown()
+    reply = await poll
+    assert reply.code == 204  # its "nothing yet" answer, not a 503 after the grace period
+    assert report.seconds < 1.0
+    assert (report.cancelled, report.abandoned) == (0, [])
+    assert streams.probe.count("poll answered") == 1
+    assert access_statuses(caplog) == [204]
 
 
 async def test_a_shutdown_notice_outside_a_draining_server_never_comes(io_loop):

@@ -65,6 +65,7 @@ from tornado_jsonservlet.core.cancellation import CancelOnDisconnectMixin
 from tornado_jsonservlet.core.scope import scope_of
 from tornado_jsonservlet.errors.exceptions import BadRequest
 from tornado_jsonservlet.jsonio.codec import encode
+from tornado_jsonservlet.production.shutdown import shutdown_notice
 from tornado_jsonservlet.streams.broadcast import EndReason, Subscription
 from tornado_jsonservlet.streams.sse_format import (
     HEARTBEAT,
@@ -644,8 +645,10 @@ class LongPollMixin(CancelOnDisconnectMixin):
     ) -> Optional[_T]:
         """The next item of ``source`` (an async iterable, or an awaitable).
 
-        Returns ``None`` if ``timeout`` seconds pass first, if an iterable ends,
-        or if the client leaves (``client_disconnected`` then says so). A GET is
+        Returns ``None`` if ``timeout`` seconds pass first, if an iterable ends, if
+        the server begins a graceful shutdown (see
+        :func:`~tornado_jsonservlet.production.shutdown.shutdown_notice`), or if the
+        client leaves (``client_disconnected`` then says so). A GET is
         cancelled instead when its client leaves (499, no ERROR). Whatever ends
         the wait, the pending read of ``source`` is cancelled before this returns:
         with a :class:`~tornado_jsonservlet.broadcast.Subscription` no message is
@@ -668,8 +671,14 @@ class LongPollMixin(CancelOnDisconnectMixin):
             next_item = source
         reader: asyncio.Future[_T] = asyncio.ensure_future(next_item)
         gone: asyncio.Future[Any] = self.wait_for_disconnect()
+        # A shutdown ends the wait like a timeout: the client gets its usual
+        # "nothing yet" answer at once and polls again (another process, after a
+        # restart), instead of a 503 when the grace period runs out.
+        draining: asyncio.Future[None] = shutdown_notice(self)
         try:
-            await asyncio.wait({reader, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {reader, gone, draining}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
             if reader.done() and not reader.cancelled():
                 error = reader.exception()
                 if isinstance(error, StopAsyncIteration):
@@ -678,6 +687,7 @@ class LongPollMixin(CancelOnDisconnectMixin):
             return None
         finally:
             gone.cancel()
+            draining.cancel()
             if not reader.done():
                 reader.cancel()
                 # Let the read unwind now, so no task outlives the request.
