@@ -4,7 +4,7 @@
   dangling cross-reference, a link to a missing page or anchor within the site, or a
   docstring that does not parse fails the build (``docs/conf.py`` says how references to
   Python's and Tornado's objects are treated offline);
-* every ```python block of every page (and of ``docs/_new_README.md``), and every
+* every ```python block of every page, and every
   ``.. code-block:: python`` of the reStructuredText pages, runs the way
   ``tests/package/test_readme.py`` runs the README's: a module that serves its
   applications without a 5xx or an ERROR record, or a test module that must pass;
@@ -295,6 +295,4 @@ def test_supported_versions_agree_with_setup_cfg_and_ci() -> None:
             f"3.{minor}" for minor in range(high_minor, low_minor - 1, -1)
         ]
         assert f"'tornado>={tornado_low},<" in ci  # the oldest Tornado is tested
-    readme = DOCS / "_new_README.md"
-    if readme.exists():
-        assert statement.group(0) in readme.read_text(encoding="utf-8")
+    assert statement.group(0) in (ROOT / "README.md").read_text(encoding="utf-8")

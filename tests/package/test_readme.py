@@ -166,6 +166,31 @@ def test_readme_links_are_absolute():
     assert relative == []
 
 
+_OWN = "https://github.com/tornado-jsonservlet/tornado-jsonservlet/"
+
+
+def test_readme_links_into_the_repository_resolve():
+    """Each link to this repository names a file or folder that exists, and an anchor
+    into a guide page names one of its headings."""
+    text = README.read_text(encoding="utf-8")
+    root = README.parent
+    targets = [t for t in re.findall(r"\]\(([^)\s]+)\)", text) if t.startswith(_OWN)]
+    assert targets, "the README links into the guide"
+    broken = []
+    for target in targets:
+        where = re.fullmatch(_OWN + r"(?:blob|tree)/main/([^#]+)(?:#(.+))?", target)
+        if where is None or not (root / where.group(1)).exists():
+            broken.append(target)
+            continue
+        anchor = where.group(2)
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", (root / where.group(1)).read_text("utf-8"), re.M)
+            slugs = {re.sub(r"[^\w\- ]", "", h).strip().lower().replace(" ", "-") for h in headings}
+            if anchor not in slugs:
+                broken.append(target)
+    assert broken == []
+
+
 @pytest.mark.parametrize(
     ("case", "source"),
     [

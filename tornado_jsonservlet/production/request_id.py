@@ -141,6 +141,8 @@ class RequestIdMixin(tornado_internals.RequestLifecycle):
         self.set_header(REQUEST_ID_HEADER, self.request_id)
 
     def flush(self, include_footers: bool = False) -> Any:
+        """As ``RequestHandler.flush``, with ``X-Request-ID`` set even when the application's
+        ``set_default_headers`` does not call ``super()``."""
         # Applications override set_default_headers without calling super() (flower's
         # base handler does): the header is then set here, before the headers go out.
         if not tornado_internals.headers_sent(self):

@@ -265,7 +265,7 @@ class DrainingHTTPServer(tornado.httpserver.HTTPServer):
 
     def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
         """As ``HTTPServer.add_sockets``; accept errors such as EMFILE back off (see
-        :class:`_PacedAccept`) instead of spinning and logging on every loop turn."""
+        ``_PacedAccept``) instead of spinning and logging on every loop turn."""
         tornado_internals.add_sockets_accepting_with(self, sockets, _start_paced_accept)
 
     @property
@@ -349,6 +349,8 @@ def shutdown_notice(handler: tornado.web.RequestHandler) -> asyncio.Future[None]
     it never completes.
 
     SSE and JSON-lines streams need nothing of this: a shutdown ends them at once.
+
+    .. versionadded:: 0.1
     """
     server = _server_of.get(handler.request.server_connection)
     if server is None:

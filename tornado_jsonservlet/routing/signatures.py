@@ -79,6 +79,8 @@ class Header:
     """Marks a parameter as a request header: ``Annotated[str, Header("X-Trace")]``.
 
     Without a name, the parameter's name is used with ``_`` turned into ``-``.
+
+    .. versionadded:: 0.1
     """
 
     __slots__ = ("name",)
@@ -93,7 +95,10 @@ class Header:
 
 
 class ValidationFailed(ServletError):
-    """A typed input did not validate: ``details`` says where and what."""
+    """A typed input did not validate: ``details`` says where and what.
+
+    .. versionadded:: 0.1
+    """
 
 
 @dataclasses.dataclass(frozen=True)
