@@ -98,6 +98,20 @@ class _DeadConnection(redis.exceptions.TimeoutError):
     """The pub/sub connection did not answer the health check's PING in time."""
 
 
+async def _cancel_and_wait(tasks: set[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until they are done, cancelling again as needed.
+
+    Before Python 3.12 ``asyncio.wait_for`` inside a task can swallow a cancellation
+    that coincides with the completion of what it waits for; one ``cancel()`` is
+    then not enough, and waiting for the task would hang.
+    """
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)
+
+
 class RedisBroadcaster(Broadcaster):
     """A :class:`~tornado_jsonservlet.broadcast.Broadcaster` over Redis pub/sub.
 
@@ -196,12 +210,9 @@ class RedisBroadcaster(Broadcaster):
         await super().close()
         reader, self._reader = self._reader, None
         if reader is not None:
-            reader.cancel()
-            await asyncio.wait({reader})
-        for task in list(self._background):
-            task.cancel()
+            await _cancel_and_wait({reader})
         if self._background:
-            await asyncio.wait(set(self._background))
+            await _cancel_and_wait(set(self._background))
         await self._drop_pubsub()
         if self._owns_client:
             with contextlib.suppress(*_CONNECTION_ERRORS):
@@ -351,8 +362,12 @@ class RedisBroadcaster(Broadcaster):
         poll = min(_POLL_SECONDS, self.health_check_interval, self.timeout)
         heard_at = loop.time()
         pinged_at: Optional[float] = None
+        me = asyncio.current_task()
         try:
-            while True:
+            # Not ``while True``: before Python 3.12 ``asyncio.wait_for`` can swallow a
+            # cancellation that arrives as its inner read completes, and a reader that
+            # lost its cancellation must still stop once it is no longer the reader.
+            while self._reader is me:
                 # get_message's own timeout only bounds the wait for data to
                 # arrive; the outer deadline bounds reading the rest of a reply.
                 message = await asyncio.wait_for(
