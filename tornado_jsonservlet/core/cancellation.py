@@ -79,7 +79,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import weakref
 from collections.abc import Awaitable, Coroutine
 from concurrent.futures import Executor
@@ -94,7 +93,7 @@ from tornado_jsonservlet import tornado_adapter as tornado_internals
 from tornado_jsonservlet.core import context, threads, tracing
 from tornado_jsonservlet.core.connection import CLIENT_CLOSED_REQUEST, abort_response
 from tornado_jsonservlet.core.error_shape import error_document
-from tornado_jsonservlet.core.safe_output import SafeWriteMixin
+from tornado_jsonservlet.core.safe_output import SafeWriteMixin, positive_seconds
 from tornado_jsonservlet.core.scope import RequestScope, scope_of
 
 __all__ = [
@@ -167,18 +166,6 @@ WRITE_STALLED = CancelReason(
 # An inbound deadline header carries whole milliseconds; more than ten digits
 # (about 115 days) is not a deadline anyone means.
 _MAX_DEADLINE_DIGITS = 10
-
-
-def _valid_deadline(value: object) -> bool:
-    """None, or a positive finite number of seconds."""
-    if value is None:
-        return True
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0
-    )
 
 
 def _header_deadline(value: Optional[str]) -> Optional[float]:
@@ -359,7 +346,7 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
                 f"{cls.__name__}.cancel_policy must be one of {_POLICIES}, "
                 f"not {cls.cancel_policy!r}"
             )
-        if "request_deadline" in cls.__dict__ and not _valid_deadline(cls.request_deadline):
+        if "request_deadline" in cls.__dict__ and not positive_seconds(cls.request_deadline):
             raise ValueError(
                 f"{cls.__name__}.request_deadline must be None or a positive number "
                 f"of seconds, not {cls.request_deadline!r}"
@@ -685,7 +672,7 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
             seconds = self.request_deadline
         else:
             seconds = settings.get("request_deadline")
-            if seconds is not None and not _valid_deadline(seconds):
+            if seconds is not None and not positive_seconds(seconds):
                 # Tornado offers no hook at Application creation; say it once, loudly,
                 # and serve without a deadline rather than fail every request.
                 if id(settings) not in _reported_bad_settings:
