@@ -21,7 +21,9 @@ it wraps, and why each is needed:
 * ``_finished``, ``_headers_written``, ``_request_summary()``, ``_reason``,
   ``_headers`` and the response buffer: read through small functions below.
 * ``_has_stream_request_body``, ``request._body_future`` and ``_prepared_future``:
-  a streamed upload whose client leaves, or that is answered early.
+  a streamed upload whose client leaves, or that is answered early; and a class
+  that streams only the requests that have a body (``_stream_request_body`` read
+  per request, ``HTTP1Connection._read_finished``).
 * ``PathMatches._find_groups()``: what tracing tools read to name a route.
 * ``SimpleAsyncHTTPClient._connection_class()``, ``_HTTPConnection`` and
   ``TCPClient._create_stream()``: an outbound request that can be aborted.
@@ -39,10 +41,12 @@ it wraps, and why each is needed:
 from __future__ import annotations
 
 import asyncio
+import inspect
 import socket
 import struct
 import sys
 from collections.abc import Awaitable
+from contextvars import ContextVar
 from typing import Any, Callable, Optional
 
 import tornado
@@ -60,6 +64,7 @@ __all__ = [
     "TESTED_TORNADO",
     "TORNADO",
     "AbortableClient",
+    "EagerlyStartedRequest",
     "HTTPClientConnection",
     "RequestLifecycle",
     "StreamRecordingTCPClient",
@@ -68,6 +73,7 @@ __all__ = [
     "awaited_future",
     "body_still_arriving",
     "bytes_written",
+    "has_no_body",
     "headers_sent",
     "is_finished",
     "reason_phrase",
@@ -75,6 +81,9 @@ __all__ = [
     "request_summary",
     "reset_response",
     "response_headers",
+    "route_without_body",
+    "stream_request_body_when_sent",
+    "streams_only_sent_bodies",
     "streams_request_body",
     "transforms_of",
 ]
@@ -144,6 +153,35 @@ class RequestLifecycle(tornado.web.RequestHandler):
         with ``sys.exc_info()``, then ``send_error``. Call ``handle`` while the
         exception to report is the one being handled."""
         handle(error)
+
+
+# Task(..., eager_start=True) exists from Python 3.12.
+_EAGER_TASKS = sys.version_info >= (3, 12)
+
+
+class EagerlyStartedRequest(RequestLifecycle):
+    """A request whose task starts at once, when Tornado hands it over (Python 3.12+).
+
+    Tornado wraps ``_execute`` in a new task whose first step waits for the next
+    turn of the event loop; the connection meanwhile waits for the response on
+    another turn. A request that needs no I/O of its own (a small JSON answer)
+    costs two extra turns that way. Started eagerly, the task runs until its first
+    real suspension inside Tornado's call, which is where a request without a body
+    then ends. It is still its own task, in its own copy of the context, with the
+    same exceptions and cancellation; only the start is earlier. An application
+    that installed a task factory keeps it: the task is then made the usual way.
+    """
+
+    def _execute(  # type: ignore[override]
+        self, transforms: list[tornado.web.OutputTransform], *args: bytes, **kwargs: bytes
+    ) -> Awaitable[None]:
+        request = super()._execute(transforms, *args, **kwargs)
+        if not _EAGER_TASKS:
+            return request
+        loop = asyncio.get_running_loop()
+        if loop.get_task_factory() is not None:
+            return loop.create_task(request)
+        return asyncio.Task(request, loop=loop, eager_start=True)  # type: ignore[call-arg,unused-ignore]
 
 
 def adopt_transforms(handler: Handler, transforms: list[tornado.web.OutputTransform]) -> None:
@@ -244,6 +282,15 @@ class TemplatePathMatches(PathMatches):
     """
 
     route_template: Optional[str] = None
+    #: True when the route's handler class streams only requests that have a body
+    #: (:func:`stream_request_body_when_sent`): the match tells it which.
+    routes_by_body = False
+
+    def match(self, request: tornado.httputil.HTTPServerRequest) -> Optional[dict[str, Any]]:
+        found = super().match(request)
+        if found is not None and self.routes_by_body:
+            route_without_body(request)
+        return found
 
     def _find_groups(self) -> tuple[Optional[str], Optional[int]]:
         if self.route_template is not None:
@@ -255,8 +302,79 @@ class TemplatePathMatches(PathMatches):
 
 
 def streams_request_body(cls: type) -> bool:
-    """Whether ``cls`` is decorated with ``@tornado.web.stream_request_body``."""
+    """Whether ``cls`` is decorated with ``@tornado.web.stream_request_body`` (for a
+    class decorated with :func:`stream_request_body_when_sent`: whether it streams
+    the request being routed right now, if any, else True)."""
     return tornado.web._has_stream_request_body(cls)
+
+
+# The request whose headers are being routed on this connection, when it has no body
+# and its route leads to a class decorated with stream_request_body_when_sent. Set by
+# the route's matcher, read (and cleared) by that class's ``_stream_request_body``
+# when Tornado's _HandlerDelegate asks, a few calls later in the same task.
+_ROUTED_WITHOUT_BODY: ContextVar[Optional[tornado.httputil.HTTPServerRequest]] = ContextVar(
+    "tornado_jsonservlet_routed_without_body", default=None
+)
+
+
+def has_no_body(headers: tornado.httputil.HTTPHeaders) -> bool:
+    """Whether a request with these headers has no body, by HTTP/1.1's framing rules:
+    no ``Transfer-Encoding`` and a ``Content-Length`` that is absent or exactly 0.
+    Anything else (including a malformed length, which Tornado answers with 400)
+    counts as a body."""
+    return "Transfer-Encoding" not in headers and headers.get("Content-Length", "0") == "0"
+
+
+class _StreamsUnlessRoutedWithoutBody:
+    """``_stream_request_body`` of a :func:`stream_request_body_when_sent` class.
+
+    Tornado reads the flag from the class, not the handler: once in
+    ``_HandlerDelegate.__init__`` to choose how the request is read, and again in the
+    handler. Only the first decides; it comes right after the route's matcher has
+    looked at this request's headers (:func:`route_without_body`). Any other read
+    answers True, which is safe for a request routed without a body too: its
+    ``_body_future`` is already resolved, so the handler does not wait on it.
+    """
+
+    def __get__(self, instance: object, owner: type) -> bool:
+        request = _ROUTED_WITHOUT_BODY.get()
+        if request is None:
+            return True
+        _ROUTED_WITHOUT_BODY.set(None)
+        # A request this matcher saw on an earlier turn of the connection (whose
+        # delegate never asked) has been read to the end: it says nothing now.
+        return getattr(request.connection, "_read_finished", True) is not False
+
+
+def stream_request_body_when_sent(cls: type[Handler]) -> type[Handler]:
+    """``@tornado.web.stream_request_body``, for requests that have a body.
+
+    A request without one (most GETs) is read the way Tornado reads it for any
+    handler, which saves two trips round the event loop: with streaming, Tornado's
+    connection waits for ``prepare()`` before reading the (empty) body, and the
+    handler then waits for the body to be read. The handler sees the same request
+    either way. Applies to requests routed by a matcher that calls
+    :func:`route_without_body`; any other request streams.
+    """
+    cls._stream_request_body = _StreamsUnlessRoutedWithoutBody()  # type: ignore[assignment]
+    return cls
+
+
+def streams_only_sent_bodies(cls: object) -> bool:
+    """Whether ``cls`` is decorated with :func:`stream_request_body_when_sent`."""
+    return isinstance(
+        inspect.getattr_static(cls, "_stream_request_body", None), _StreamsUnlessRoutedWithoutBody
+    )
+
+
+def route_without_body(request: tornado.httputil.HTTPServerRequest) -> None:
+    """Called by a matcher that routes ``request`` to a
+    :func:`stream_request_body_when_sent` class: if it has no body, it is not streamed."""
+    if has_no_body(request.headers):
+        received: Future[None] = Future()
+        received.set_result(None)
+        request._body_future = received  # type: ignore[attr-defined,unused-ignore]
+        _ROUTED_WITHOUT_BODY.set(request)
 
 
 def body_still_arriving(request: tornado.httputil.HTTPServerRequest) -> bool:

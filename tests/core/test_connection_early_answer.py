@@ -106,3 +106,29 @@ async def test_a_small_body_within_the_limit_keeps_working(port):
         headers={"Content-Type": "application/json"},
     )
     assert response.code == 200
+
+
+def test_a_drain_whose_loop_closed_is_closed_with_it():
+    # A loop closed while one of its connections was still discarding (a test's
+    # loop, an application's second loop): the drain would never end, and its
+    # duplicate socket would stay open; the next count closes it.
+    from tornado_jsonservlet.core.connection import _InputDrain
+
+    ours, peer = socket.socketpair()
+    loop = asyncio.new_event_loop()
+
+    async def start_draining() -> _InputDrain:
+        drain = _InputDrain(ours)
+        sent = loop.create_future()
+        sent.set_result(None)
+        drain.start(sent)
+        return drain
+
+    try:
+        drain = loop.run_until_complete(start_draining())
+        assert discarding_connections() == 1
+    finally:
+        loop.close()
+    assert discarding_connections() == 0
+    assert drain.sock.fileno() == -1
+    peer.close()

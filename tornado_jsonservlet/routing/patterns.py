@@ -456,3 +456,4 @@ class TemplateURLSpec(URLSpec):
     ) -> None:
         super().__init__(pattern, handler, kwargs, name)
         self.matcher = TemplateMatches(self.regex, name, pieces)
+        self.matcher.routes_by_body = tornado_internals.streams_only_sent_bodies(self.target)

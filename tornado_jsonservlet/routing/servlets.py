@@ -128,9 +128,14 @@ class _ServletState:
 _NO_ROUTE = ServletRoute(pattern="")
 
 
-@tornado.web.stream_request_body
+@tornado_internals.stream_request_body_when_sent
 class _ServletBase(
-    CancelOnDisconnectMixin, CorsMixin, JsonBodyMixin, LeanResponseMixin, tornado.web.RequestHandler
+    CancelOnDisconnectMixin,
+    CorsMixin,
+    JsonBodyMixin,
+    LeanResponseMixin,
+    tornado_internals.EagerlyStartedRequest,
+    tornado.web.RequestHandler,
 ):
     """Shared dispatch; use :class:`JsonServlet` or :class:`HtmlServlet`."""
 
