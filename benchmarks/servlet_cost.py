@@ -58,10 +58,10 @@ from loadgen import SERVER_CPU
 
 from tornado_jsonservlet import JsonServlet, ServletRegistry
 from tornado_jsonservlet.core.scope import scope_of
-from tornado_jsonservlet.routing.signatures import DISPATCHER_COPY_MARK
 from tornado_jsonservlet.errors.cors import CorsMixin
 from tornado_jsonservlet.jsonio.bodies import JsonBodyMixin
 from tornado_jsonservlet.routing.servlets import _ServletBase
+from tornado_jsonservlet.routing.signatures import DISPATCHER_COPY_MARK
 
 REQUEST = b"GET /small HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 TIMEOUT = 120.0  # seconds, for any one measurement
@@ -567,7 +567,6 @@ def _cumulative(stats: pstats.Stats, suffix: str, name: str) -> float:
     )
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=4000)
@@ -597,4 +596,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
