@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import decimal
 import enum
 import json
 import uuid
@@ -89,10 +88,6 @@ def test_a_hook_writes_other_types(backend: str) -> None:
     )
     with pytest.raises(TypeError, match="Object of type set is not JSON serializable"):
         encode({"price": Money(1), "other": {1}}, default=money)
-
-
-def test_decimal_stays_a_number(backend: str) -> None:
-    assert encode({"d": decimal.Decimal("1.5")}) == b'{"d":1.5}'
 
 
 @pytest.mark.parametrize("value", [{1}, object(), b"raw", Money(1)])

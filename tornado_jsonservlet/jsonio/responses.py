@@ -78,25 +78,28 @@ def _big_list(obj: Any) -> Optional[tuple[Optional[str], list[Any]]]:
     return None
 
 
-def _estimated_size(items: list[Any], canonical: bool, default: Hook = None) -> tuple[int, float]:
+def _estimated_size(
+    items: list[Any], canonical: bool, default: Hook = None, decimals: str = "string"
+) -> tuple[int, float]:
     """``(estimated bytes, bytes per item)`` from an evenly spaced sample."""
     count = len(items)
     if count == 0:
         return 0, 0.0
     step = max(1, count // _SAMPLE_ITEMS)
     sample = items[::step][:_SAMPLE_ITEMS]
-    per_item = (len(encode(sample, canonical=canonical, default=default)) - 1) / len(sample)
+    encoded = encode(sample, canonical=canonical, default=default, decimals=decimals)
+    per_item = (len(encoded) - 1) / len(sample)
     return int(per_item * count), per_item
 
 
 def _frame(
-    obj: Any, key: Optional[str], canonical: bool, default: Hook = None
+    obj: Any, key: Optional[str], canonical: bool, default: Hook = None, decimals: str = "string"
 ) -> tuple[bytes, bytes]:
     """The bytes before and after the big list, from one encoding with a placeholder."""
     if key is None:
         return b"[", b"]"
     marker = f"tornado-jsonservlet-{uuid.uuid4().hex}"
-    encoded = encode({**obj, key: marker}, canonical=canonical, default=default)
+    encoded = encode({**obj, key: marker}, canonical=canonical, default=default, decimals=decimals)
     quoted = f'"{marker}"'.encode()
     before, found, after = encoded.partition(quoted)
     if not found or quoted in after:
@@ -115,6 +118,7 @@ async def encode_in_slices(
     *,
     canonical: bool,
     default: Hook = None,
+    decimals: str = "string",
 ) -> list[bytes]:
     """Encode ``obj`` as chunks whose concatenation equals ``encode(obj)``.
 
@@ -123,7 +127,7 @@ async def encode_in_slices(
     low-priority lane; the rest of the document is encoded once.
     """
     key, items = found
-    before, after = _frame(obj, key, canonical, default)
+    before, after = _frame(obj, key, canonical, default, decimals)
     chunks = [before]
     lane = lane_for_running_loop()
     step = max(1, int(_slice_bytes(lane) / max(per_item, 1.0)))
@@ -131,7 +135,9 @@ async def encode_in_slices(
     while start < len(items):
         stop = min(len(items), start + step)
         piece = await lane.run(
-            functools.partial(encode, items[start:stop], canonical=canonical, default=default)
+            functools.partial(
+                encode, items[start:stop], canonical=canonical, default=default, decimals=decimals
+            )
         )
         # Keep each slice near its target: estimates from a sample can be far off.
         if len(piece) > 2:
@@ -171,18 +177,19 @@ class JsonResponseMixin(tornado.web.RequestHandler):
         """
         canonical = self.json_canonical if canonical is None else canonical
         default: Hook = self.settings.get("json_default")
+        decimals: str = self.settings.get("json_decimal", "string")
         found = _big_list(obj)
         if found is not None:
-            size, per_item = _estimated_size(found[1], canonical, default)
+            size, per_item = _estimated_size(found[1], canonical, default, decimals)
             if self.request.method == "HEAD":
                 return self._jsonservlet_write_head(status, size)
             if size > self.json_slice_threshold:
                 return self._jsonservlet_write_sliced(
-                    obj, found, per_item, status, canonical, default
+                    obj, found, per_item, status, canonical, default, decimals
                 )
         elif self.request.method == "HEAD":
             return self._jsonservlet_write_head(status, None)
-        body = encode(obj, canonical=canonical, default=default)
+        body = encode(obj, canonical=canonical, default=default, decimals=decimals)
         # A small response is interactive work: big ones in flight make room for it.
         lane_for_running_loop().note_interactive()
         self._jsonservlet_start_json(status)
@@ -196,8 +203,11 @@ class JsonResponseMixin(tornado.web.RequestHandler):
         status: int,
         canonical: bool,
         default: Hook = None,
+        decimals: str = "string",
     ) -> None:
-        chunks = await encode_in_slices(obj, found, per_item, canonical=canonical, default=default)
+        chunks = await encode_in_slices(
+            obj, found, per_item, canonical=canonical, default=default, decimals=decimals
+        )
         # Encoded, the source document is no longer needed. A client that reads
         # slowly (or not at all, until write_timeout) must hold its encoded bytes
         # in flight, not the document as well: often ten times their size in

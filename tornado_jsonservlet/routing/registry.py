@@ -39,6 +39,7 @@ import tornado.web
 from tornado.routing import Matcher, Rule, URLSpec
 
 from tornado_jsonservlet.errors.exceptions import NotFound
+from tornado_jsonservlet.jsonio.codec import DECIMAL_FORMATS
 from tornado_jsonservlet.production.metrics import ServletMetrics
 from tornado_jsonservlet.routing.openapi import build_document, docs_servlets
 from tornado_jsonservlet.routing.patterns import (
@@ -371,6 +372,11 @@ class ServletRegistry:
             raise ValueError(
                 "the validation_status setting must be 400 or 422, not "
                 f"{settings['validation_status']!r}"
+            )
+        if settings is not None and settings.get("json_decimal", "string") not in DECIMAL_FORMATS:
+            raise ValueError(
+                "the json_decimal setting must be 'string' or 'number', not "
+                f"{settings['json_decimal']!r}"
             )
         for servlet in dict.fromkeys(endpoint.servlet for endpoint in self._endpoints):
             check: Optional[Callable[[Mapping[str, Any]], None]] = getattr(

@@ -45,6 +45,7 @@ Tornado's conventions hold for servlets as for any handler:
 
 from __future__ import annotations
 
+import decimal
 import functools
 import inspect
 import re
@@ -66,7 +67,7 @@ from tornado_jsonservlet.errors.cors import CorsMixin
 from tornado_jsonservlet.errors.exceptions import BadRequest, Forbidden, MethodNotAllowed, NotFound
 from tornado_jsonservlet.errors.rendering import HtmlErrorMixin, JsonErrorMixin
 from tornado_jsonservlet.jsonio.bodies import JsonBodyMixin
-from tornado_jsonservlet.jsonio.codec import encode
+from tornado_jsonservlet.jsonio.codec import DECIMAL_FORMATS, encode
 from tornado_jsonservlet.jsonio.lean import LeanResponseMixin
 from tornado_jsonservlet.jsonio.responses import JsonResponseMixin
 from tornado_jsonservlet.production.metrics import ServletMetrics, method_label
@@ -415,26 +416,46 @@ class JsonServlet(JsonErrorMixin, JsonResponseMixin, _ServletBase):
         if returns is not None and self.request.method != "HEAD":
             msgspec = sys.modules.get("msgspec")
             if msgspec is not None and not isinstance(body, (dict, list)):
-                data = _encode_typed(msgspec, body, self.settings.get("json_default"))
+                data = _encode_typed(
+                    msgspec,
+                    body,
+                    self.settings.get("json_default"),
+                    self.settings.get("json_decimal", "string"),
+                )
                 self._jsonservlet_start_json(status)
                 await self.finish(data)
                 return
         await self.write_json(body, status)
 
 
-def _encode_typed(msgspec: Any, body: Any, hook: Any) -> bytes:
+def _encode_typed(msgspec: Any, body: Any, hook: Any, decimals: str = "string") -> bytes:
     """A typed return value (a Struct, a dataclass...) encoded by msgspec in one pass.
 
     msgspec writes NaN and infinity as ``null``, as orjson does: a document holding
     a ``null`` is checked by the codec, which refuses them with its usual error.
+    ``Decimal`` follows the ``json_decimal`` setting, as with the codec.
     """
+    if decimals not in DECIMAL_FORMATS:
+        raise ValueError(f"json_decimal must be 'string' or 'number', not {decimals!r}")
     try:
-        data: bytes = msgspec.json.encode(body, enc_hook=_enc_hook(hook))
+        data: bytes = _typed_encoder(msgspec, hook, decimals).encode(body)
     except (TypeError, msgspec.EncodeError) as error:
         raise TypeError(f"cannot encode the return value as JSON: {error}") from None
+    except ValueError:
+        data = b"null"  # a NaN or infinite Decimal as a number: the codec says so
     if b"null" in data:
-        encode(msgspec.to_builtins(body, enc_hook=_enc_hook(hook)), default=hook)
+        # NaN and infinity: the codec refuses them with its usual error.
+        encode(
+            msgspec.to_builtins(body, enc_hook=_enc_hook(hook), builtin_types=(decimal.Decimal,)),
+            default=hook,
+            decimals=decimals,
+        )
     return data
+
+
+@functools.lru_cache(maxsize=16)
+def _typed_encoder(msgspec: Any, hook: Any, decimals: str) -> Any:
+    return msgspec.json.Encoder(enc_hook=_enc_hook(hook), decimal_format=decimals)
 
 
 @functools.lru_cache(maxsize=8)
