@@ -24,12 +24,13 @@ from tests.proc_support import ROOT, request
 from tests.servers import free_port
 from tests.support import wait_until_sync
 
-pytestmark = pytest.mark.skipif(
-    sys.version_info < (3, 10),
-    reason="the Schemathesis releases for Python 3.9 send header values that Tornado "
-    "answers by closing the connection, which they count as network errors; the run on "
-    "the newest Python covers this test",
-)
+#: The Schemathesis releases for Python 3.9 (4.4) report a few requests as network
+#: errors ("Remote end closed connection without response") that the releases for
+#: newer Pythons send without trouble, and their reproduction commands get a normal
+#: answer from the demo. There, network errors are counted and reported, not failed;
+#: every other check (server errors, responses the document does not describe)
+#: still fails the test.
+TOLERATES_NETWORK_ERRORS = sys.version_info < (3, 10)
 
 FUZZER = [
     sys.executable,
@@ -93,14 +94,22 @@ def test_schemathesis_finds_no_server_error_and_no_violation(demo, tmp_path: Pat
     )
     output = run.stdout + run.stderr
     (tmp_path / "schemathesis.txt").write_text(output)
-    assert run.returncode == 0, output[-6000:]
+    if TOLERATES_NETWORK_ERRORS and run.returncode != 0:
+        errors = re.search(r"\nErrors:\n(.*?)\n\n", output, re.S)
+        assert errors, output[-6000:]
+        kinds = [line.strip() for line in errors.group(1).splitlines() if line.strip()]
+        assert all("Network Error" in kind for kind in kinds), output[-6000:]
+        print(f"Schemathesis on Python 3.9 reported: {kinds}")
+    else:
+        assert run.returncode == 0, output[-6000:]
     counts = re.search(r"(\d+) generated, (\d+) passed", output)
     assert counts, output[-6000:]
     assert counts.group(1) == counts.group(2)
     assert int(counts.group(1)) > 300
     suite = ET.parse(junit).getroot()
     failures = sum(
-        int(s.get("failures", 0)) + int(s.get("errors", 0)) for s in suite.iter("testsuite")
+        int(s.get("failures", 0)) + (0 if TOLERATES_NETWORK_ERRORS else int(s.get("errors", 0)))
+        for s in suite.iter("testsuite")
     )
     assert failures == 0
     log = log_path.read_text(errors="replace")
