@@ -65,14 +65,18 @@ def test_requests_are_spread_across_both_workers(stack):
     nginx, app = stack
     pids = app.worker_pids(2)
     seen: set[int] = set()
+    # Which worker accepts a connection is the kernel's choice: on a busy machine the
+    # one that is running can take a whole burst. Bursts go on until both have
+    # answered, bounded in count and time.
+    deadline = time.monotonic() + 60
     with ThreadPoolExecutor(16) as pool:
-        for _ in range(5):
+        for _ in range(40):
             replies = list(
                 pool.map(lambda _: request(nginx.port, "GET", "/slow?delay=0.1"), range(32))
             )
             assert [reply.status for reply in replies] == [200] * 32
             seen |= {reply.json()["pid"] for reply in replies}  # type: ignore[index]
-            if seen == pids:
+            if seen == pids or time.monotonic() > deadline:
                 break
     assert seen == pids
     app.assert_clean_log()

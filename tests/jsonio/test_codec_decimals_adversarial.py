@@ -44,7 +44,7 @@ class Priced:
     """ujson writes an object with ``toDict()`` as what it returns (the codec's docs:
     "objects with toDict()/__json__() use them")."""
 
-    def toDict(self) -> dict[str, Any]:  # noqa: N802 - ujson's name
+    def toDict(self) -> dict[str, Any]:
         return {"price": D("1.10")}
 
 
@@ -57,11 +57,11 @@ def test_a_decimal_returned_by_to_dict_is_exact(backend: str) -> None:
 def test_a_cycle_holding_a_decimal_is_refused_like_any_cycle(backend: str) -> None:
     plain: list[Any] = [1.5]
     plain.append(plain)
-    with pytest.raises(ValueError) as without:
+    with pytest.raises(ValueError, match="cannot encode as JSON") as without:
         encode(plain)
     holding: list[Any] = [D("1.10")]
     holding.append(holding)
-    with pytest.raises(ValueError) as with_decimal:
+    with pytest.raises(ValueError, match="cannot encode as JSON") as with_decimal:
         encode(holding)
     assert str(with_decimal.value) == str(without.value)
 
@@ -184,9 +184,7 @@ class Rows(JsonServlet):
 def app(request: pytest.FixtureRequest) -> tornado.web.Application:
     registry = ServletRegistry()
     registry.register(Rows)
-    return tornado.web.Application(
-        registry.urlspecs(settings=request.param), **request.param
-    )
+    return tornado.web.Application(registry.urlspecs(settings=request.param), **request.param)
 
 
 @pytest.mark.gen_test

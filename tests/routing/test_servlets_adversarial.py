@@ -278,7 +278,7 @@ async def test_content_length_spellings(port, length, status, seen):
                 assert "errcode" in json.loads(body)
     finally:
         conn.close()
-    assert SEEN == seen
+    assert seen == SEEN
 
 
 async def test_expect_continue_without_and_with_a_body(port):
@@ -318,7 +318,8 @@ async def test_head_options_and_a_get_with_a_body(port):
         assert status == 200
         await conn.send_raw(request_bytes("OPTIONS", "/echo"))
         status, fields, _ = await read_response(conn)
-        assert status in (200, 204) and "GET" in fields.get("allow", "GET")
+        assert status in (200, 204)
+        assert "GET" in fields.get("allow", "GET")
         await conn.send_raw(request_bytes("GET", "/echo", b'{"ignored": true}'))
         status, _, body = await read_response(conn)
         assert (status, json.loads(body)["method"]) == (200, "GET")
@@ -450,7 +451,8 @@ async def test_an_exception_before_the_first_await_is_a_json_500(port, caplog):
             assert "errcode" in json.loads(body)
         await conn.send_raw(request_bytes("GET", "/refused"))
         status, _, body = await read_response(conn)
-        assert status == 403 and "errcode" in json.loads(body)
+        assert status == 403
+        assert "errcode" in json.loads(body)
         await conn.send_raw(request_bytes("GET", "/echo"))
         assert (await read_response(conn))[0] == 200
     finally:
@@ -462,7 +464,9 @@ async def test_an_exception_before_the_first_await_is_a_json_500(port, caplog):
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     uncaught = [r for r in errors if "Uncaught exception" in r.getMessage()]
     assert len(uncaught) == 2
-    assert not [r for r in errors if "Task" in r.getMessage() or "never retrieved" in r.getMessage()]
+    assert not [
+        r for r in errors if "Task" in r.getMessage() or "never retrieved" in r.getMessage()
+    ]
     assert access_statuses(caplog) == [500, 500, 403, 200]
 
 

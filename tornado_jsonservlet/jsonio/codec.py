@@ -126,7 +126,8 @@ def _extended(value: Any, hook: Optional[Callable[[Any], Any]]) -> Any:
     if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, decimal.Decimal):
-        return str(value)  # orjson's way here; "number" never takes orjson
+        # orjson's way here ("number" never takes orjson); Decimal's own spelling.
+        return decimal.Decimal.__str__(value)
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, datetime.datetime):
@@ -269,7 +270,7 @@ class _DecimalProbe(pickle.Pickler):
         if isinstance(obj, (str, int, float, bytes)):
             return _unpickled, ()
         try:
-            return _unpickled, (_extended(obj, self._hook),)
+            return _unpickled, (_what_ujson_writes(obj, self._hook),)
         except Exception:  # the encoder reports it in its own words
             return _unpickled, ()
 
@@ -290,23 +291,27 @@ def _holds_decimal(obj: Any, hook: Optional[Callable[[Any], Any]]) -> bool:
         probe.dump(obj)
     except _DecimalFound:
         return True  # the probe stopped half-way: a new one next time
-    except Exception:  # a cycle, nesting too deep: the encoder reports it
-        return False
+    except Exception:
+        # Unsure (a cycle; nesting deeper than the pickler goes, about 500 levels
+        # on Python < 3.12): the rewrite decides, and refuses a cycle as ujson does.
+        return True
     _probes.probe = probe
     probe._hook = None  # hold no application object between calls
     return False
 
 
 def _decimal_written(value: decimal.Decimal, decimals: str) -> Any:
+    # Decimal's own spelling: a subclass's __str__ may be for people ("$1.10").
+    text = decimal.Decimal.__str__(value)
     if decimals == "string":
-        return str(value)
+        return text
     if not (value.is_finite() and math.isfinite(float(value))):
         # NaN, infinity, or beyond a double's range, which decode() refuses too.
         raise ValueError(
             f"cannot encode as JSON: Decimal({_shown(value)}) is not a number JSON "
             "can represent (NaN, infinity)"
         )
-    return _RawJson(str(value))  # the same digits, as a JSON number
+    return _RawJson(text)  # the same digits, as a JSON number
 
 
 def _shown(value: decimal.Decimal) -> str:
@@ -314,23 +319,50 @@ def _shown(value: decimal.Decimal) -> str:
     return repr(text) if len(text) <= 40 else repr(f"{text[:40]}...")
 
 
+def _what_ujson_writes(value: Any, hook: Optional[Callable[[Any], Any]]) -> Any:
+    """What ujson encodes in place of an object it does not know, in ujson's order:
+    ``toDict()`` first, then the codec's ``default``."""
+    to_dict = getattr(value, "toDict", None)
+    if callable(to_dict):
+        return to_dict()
+    return _extended(value, hook)
+
+
 def _decimals_written(value: Any, hook: Optional[Callable[[Any], Any]], decimals: str) -> Any:
     """A copy of ``value`` with each ``Decimal`` as it is written (rarely needed: only
-    for a document that holds one, with ujson)."""
-    if value is None or type(value) in _SCALARS:
-        return value
-    if isinstance(value, decimal.Decimal):
-        return _decimal_written(value, decimals)
-    if isinstance(value, dict):
-        return {key: _decimals_written(item, hook, decimals) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_decimals_written(item, hook, decimals) for item in value]
-    if isinstance(value, (str, int, float, bytes)):
-        return value
-    try:
-        return _decimals_written(_extended(value, hook), hook, decimals)
-    except TypeError:
-        return value  # ujson refuses it with the usual error
+    for a document that holds one, with ujson).
+
+    Iterative, so that nesting is bounded by :data:`MAX_DEPTH` as ujson bounds it,
+    not by the interpreter's recursion limit; a cycle is refused the same way.
+    """
+    root = [value]
+    pending: list[tuple[Any, Any, Any, int]] = [(root, 0, value, 0)]
+    while pending:
+        holder, key, item, depth = pending.pop()
+        if item is None or type(item) in _SCALARS:
+            continue
+        if isinstance(item, decimal.Decimal):
+            holder[key] = _decimal_written(item, decimals)
+            continue
+        if depth >= MAX_DEPTH:
+            raise ValueError(f"cannot encode as JSON: nested deeper than {MAX_DEPTH} levels")
+        if isinstance(item, dict):
+            copied: Any = dict(item)
+            pending.extend((copied, name, child, depth + 1) for name, child in copied.items())
+        elif isinstance(item, (list, tuple)):
+            copied = list(item)
+            pending.extend((copied, index, child, depth + 1) for index, child in enumerate(copied))
+        elif isinstance(item, (str, int, float, bytes)) or hasattr(item, "__json__"):
+            continue  # written as it is (__json__: raw JSON text)
+        else:
+            try:
+                copied = _what_ujson_writes(item, hook)
+            except TypeError:
+                continue  # ujson refuses it with the usual error
+            pending.append((holder, key, copied, depth + 1))
+            continue
+        holder[key] = copied
+    return root[0]
 
 
 _SCALARS = frozenset({str, int, float, bool})
