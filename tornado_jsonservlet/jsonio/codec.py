@@ -222,7 +222,8 @@ def _may_hold_decimal(data: bytes) -> bool:
     """Whether ujson's output can hold a ``Decimal``, which it writes as a double: always
     with a ``.`` or an exponent (``1.0``, ``1e+30``). Strings hold these too, so a
     True only means "look"; a False is certain, and costs a few ``memchr`` calls."""
-    return b"." in data or b"e+" in data or b"e-" in data
+    # A one-byte search runs at memchr speed; a two-byte one stops at every "e".
+    return b"." in data or (b"+" in data and b"e+" in data) or b"e-" in data
 
 
 class _DecimalFound(Exception):
