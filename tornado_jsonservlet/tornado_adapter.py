@@ -84,7 +84,6 @@ __all__ = [
     "route_without_body",
     "stream_request_body_when_sent",
     "streams_only_sent_bodies",
-    "streams_request_body",
     "transforms_of",
 ]
 
@@ -299,13 +298,6 @@ class TemplatePathMatches(PathMatches):
 
 
 # -- streamed uploads ---------------------------------------------------------------
-
-
-def streams_request_body(cls: type) -> bool:
-    """Whether ``cls`` is decorated with ``@tornado.web.stream_request_body`` (for a
-    class decorated with :func:`stream_request_body_when_sent`: whether it streams
-    the request being routed right now, if any, else True)."""
-    return tornado.web._has_stream_request_body(cls)
 
 
 # The request whose headers are being routed on this connection, when it has no body

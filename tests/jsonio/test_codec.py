@@ -10,7 +10,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tornado_jsonservlet.jsonio import codec as jsonio
 from tornado_jsonservlet.jsonio.codec import active_backend, decode, encode
 from tornado_jsonservlet.jsonio.responses import _big_list, _estimated_size, encode_in_slices
 
@@ -28,14 +27,6 @@ json_values = st.recursive(
     ),
     max_leaves=40,
 )
-
-
-@pytest.fixture(params=["active", "ujson"])
-def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "ujson":
-        monkeypatch.setattr(jsonio, "_fast_dumps", None)
-        return "ujson"
-    return active_backend()
 
 
 def test_active_backend_is_reported():

@@ -25,17 +25,9 @@ from hypothesis import strategies as st
 
 from tornado_jsonservlet import JsonServlet, ServletRegistry
 from tornado_jsonservlet.jsonio import codec
-from tornado_jsonservlet.jsonio.codec import active_backend, decode, encode
+from tornado_jsonservlet.jsonio.codec import decode, encode
 
 D = decimal.Decimal
-
-
-@pytest.fixture(params=["active", "ujson"])
-def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "ujson":
-        monkeypatch.setattr(codec, "_fast_dumps", None)
-        return "ujson"
-    return active_backend()
 
 
 @dataclasses.dataclass

@@ -17,18 +17,9 @@ import pytest
 import tornado.web
 
 from tornado_jsonservlet import JsonServlet, ServletRegistry
-from tornado_jsonservlet.jsonio import codec
-from tornado_jsonservlet.jsonio.codec import active_backend, encode
+from tornado_jsonservlet.jsonio.codec import encode
 
 D = decimal.Decimal
-
-
-@pytest.fixture(params=["active", "ujson"])
-def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "ujson":
-        monkeypatch.setattr(codec, "_fast_dumps", None)
-        return "ujson"
-    return active_backend()
 
 
 def nested(depth: int, leaf: Any) -> Any:

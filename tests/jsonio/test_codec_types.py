@@ -14,16 +14,7 @@ import pytest
 import tornado.web
 
 from tornado_jsonservlet import JsonErrorMixin, JsonResponseMixin, JsonServlet, ServletRegistry
-from tornado_jsonservlet.jsonio import codec as jsonio
-from tornado_jsonservlet.jsonio.codec import active_backend, encode
-
-
-@pytest.fixture(params=["active", "ujson"])
-def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "ujson":
-        monkeypatch.setattr(jsonio, "_fast_dumps", None)
-        return "ujson"
-    return active_backend()
+from tornado_jsonservlet.jsonio.codec import encode
 
 
 class Level(enum.Enum):
