@@ -11,8 +11,8 @@ it wraps, and why each is needed:
 * ``RequestHandler._execute`` is the coroutine Tornado runs as the request's
   task (same signature on 6.4-6.6): the one place a cancellation can be
   absorbed and a request-wide context set. :class:`RequestLifecycle` overrides it
-  once and calls :meth:`RequestLifecycle._jsonservlet_execute`, the hook the
-  toolkit's mixins chain through.
+  once, around the hooks the toolkit's mixins chain through
+  (``_jsonservlet_enter``, ``_completed``, ``_absorb``, ``_exit``).
 * ``RequestHandler._log`` writes the access line: :class:`RequestLifecycle`
   overrides it once and calls :meth:`RequestLifecycle._jsonservlet_log`.
 * ``RequestHandler._handle_request_exception`` reports an exception the request
@@ -20,6 +20,11 @@ it wraps, and why each is needed:
   :meth:`RequestLifecycle._jsonservlet_handle_exception`.
 * ``_finished``, ``_headers_written``, ``_request_summary()``, ``_reason``,
   ``_headers`` and the response buffer: read through small functions below.
+* What ``finish()`` does for a small response nothing was written to yet
+  (``_status_code``, ``_reason``, ``_headers``, ``_write_buffer``, ``_transforms``,
+  ``_new_cookie``, ``_headers_written``, ``_finished``, ``_log()``,
+  ``_break_cycles()``): :func:`send_in_one_write`, for classes that override nothing
+  on that path (:func:`finishes_in_one_write`).
 * ``_has_stream_request_body``, ``request._body_future`` and ``_prepared_future``:
   a streamed upload whose client leaves, or that is answered early; and a class
   that streams only the requests that have a body (``_stream_request_body`` read
@@ -41,13 +46,14 @@ it wraps, and why each is needed:
 from __future__ import annotations
 
 import asyncio
+import http.client
 import inspect
 import socket
 import struct
 import sys
+import threading
 from collections.abc import Awaitable
-from contextvars import ContextVar
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 import tornado
 import tornado.httputil
@@ -61,6 +67,7 @@ from tornado.tcpclient import TCPClient
 __all__ = [
     "CANCEL_ANSWERS_500",
     "CANCEL_CLOSES_HANDSHAKE",
+    "FINISH_PATH_METHODS",
     "TESTED_TORNADO",
     "TORNADO",
     "AbortableClient",
@@ -73,15 +80,19 @@ __all__ = [
     "awaited_future",
     "body_still_arriving",
     "bytes_written",
+    "covered_by_one_write",
+    "finishes_in_one_write",
     "has_no_body",
     "headers_sent",
     "is_finished",
+    "nothing_written",
     "reason_phrase",
     "release_prepare_waiters",
     "request_summary",
     "reset_response",
     "response_headers",
     "route_without_body",
+    "send_in_one_write",
     "stream_request_body_when_sent",
     "streams_only_sent_bodies",
     "transforms_of",
@@ -98,6 +109,7 @@ CANCEL_ANSWERS_500 = TORNADO >= (6, 6)
 CANCEL_CLOSES_HANDSHAKE = TORNADO >= (6, 6)
 
 Handler = tornado.web.RequestHandler
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 if sys.platform == "linux":
     import fcntl
@@ -114,29 +126,47 @@ else:  # pragma: no cover - the kernel's queue is not looked at elsewhere
 class RequestLifecycle(tornado.web.RequestHandler):
     """The toolkit's only overrides of ``RequestHandler``'s private methods.
 
-    Mixins that need the request's task or its access line override the two
-    hooks and call ``super()``; the hooks' names are prefixed so that no
-    application method collides with them.
+    Mixins that need the request's task or its access line override the hooks
+    and call ``super()``; the hooks' names are prefixed so that no application
+    method collides with them. The task's hooks are plain methods around one
+    coroutine: each layer costs a call, not a coroutine of its own, on every
+    request.
     """
 
     async def _execute(
         self, transforms: list[tornado.web.OutputTransform], *args: bytes, **kwargs: bytes
     ) -> None:
-        def run() -> Awaitable[None]:
-            return super(RequestLifecycle, self)._execute(transforms, *args, **kwargs)
-
-        await self._jsonservlet_execute(run, transforms)
+        try:
+            if self._jsonservlet_enter(transforms):
+                await super()._execute(transforms, *args, **kwargs)
+                self._jsonservlet_completed()
+        except asyncio.CancelledError:
+            if not self._jsonservlet_absorb():
+                raise
+        finally:
+            self._jsonservlet_exit()
 
     def _log(self) -> None:
         self._jsonservlet_log(super()._log)
 
-    async def _jsonservlet_execute(
-        self,
-        run: Callable[[], Awaitable[None]],
-        transforms: list[tornado.web.OutputTransform],
-    ) -> None:
-        """Run the request (``prepare()``, the body, the verb method) in its task."""
-        await run()
+    def _jsonservlet_enter(self, transforms: list[tornado.web.OutputTransform]) -> bool:
+        """The request's task starts; False: it ended already, do not run it.
+
+        Runs in the task, in its own copy of the context, before ``prepare()``.
+        """
+        return True
+
+    def _jsonservlet_completed(self) -> None:
+        """Tornado's ``_execute`` returned (the request ran without escaping
+        exception; it may still be unfinished, a streamed upload abandoned, say)."""
+
+    def _jsonservlet_absorb(self) -> bool:
+        """The task was cancelled; True if the cancellation was the toolkit's and the
+        request has been ended for it, False to let the ``CancelledError`` go on."""
+        return False
+
+    def _jsonservlet_exit(self) -> None:
+        """The request's task ends, however it ends (also after ``enter`` said False)."""
 
     def _jsonservlet_log(self, write_access_line: Callable[[], None]) -> None:
         """Write the request's access line (Tornado's ``log_request``)."""
@@ -265,6 +295,95 @@ def reset_response(handler: Handler, headers: tornado.httputil.HTTPHeaders) -> N
     handler._reason = "OK"
 
 
+# -- a whole response in one write -------------------------------------------------
+
+#: The handler methods ``RequestHandler.finish(body)`` calls on its way for a response
+#: that nothing was written to yet: an override of any of them must run.
+FINISH_PATH_METHODS = (
+    "write",
+    "flush",
+    "finish",
+    "set_status",
+    "set_header",
+    "compute_etag",
+    "set_etag_header",
+    "check_etag_header",
+)
+_COVERED_MARK = "_tornado_jsonservlet_covered_by_one_write"
+# Tornado's own functions, as imported: one patched in later (an instrumentation
+# wrapping RequestHandler.flush, say) is not Tornado's, and must run.
+_TORNADO_FINISH_PATH = {name: Handler.__dict__[name] for name in FINISH_PATH_METHODS}
+_finishes_in_one_write: dict[type, bool] = {}
+
+
+def covered_by_one_write(method: _F) -> _F:
+    """Mark a toolkit override of a :data:`FINISH_PATH_METHODS` method whose effect
+    :func:`send_in_one_write`'s caller reproduces, for a response nothing was written
+    to yet. Whoever changes a marked method changes that caller too."""
+    setattr(method, _COVERED_MARK, True)
+    return method
+
+
+def finishes_in_one_write(cls: type[Handler]) -> bool:
+    """Whether every method on ``finish()``'s path is Tornado's own or a covered one,
+    so that skipping the calls changes nothing (decided once per class)."""
+    known = _finishes_in_one_write.get(cls)
+    if known is None:
+        known = _finishes_in_one_write[cls] = all(
+            getattr(cls, name) is _TORNADO_FINISH_PATH[name]
+            or getattr(getattr(cls, name), _COVERED_MARK, False)
+            for name in FINISH_PATH_METHODS
+        )
+    return known
+
+
+def nothing_written(handler: Handler) -> bool:
+    """Whether ``finish(body)`` would send the status, the headers and ``body`` in
+    one write, with nothing to add: not finished, no header sent, nothing buffered,
+    no output transform (gzip), no cookie set, no ``Content-Length`` set by hand."""
+    return (
+        not handler._finished
+        and not handler._headers_written
+        and not handler._write_buffer
+        and not handler._transforms
+        and not hasattr(handler, "_new_cookie")
+        and "Content-Length" not in handler._headers
+    )
+
+
+def send_in_one_write(
+    handler: Handler, status: int, content_type: str, body: bytes
+) -> Future[None]:
+    """``set_status(status)``, the ``Content-Type``, then what ``finish(body)`` does
+    for a response :func:`nothing_written` to, with no ETag to compute: the headers
+    and the body in one write, the access line, ``on_finish()``.
+
+    Call it for a class that :func:`finishes_in_one_write`, and not for HEAD or a
+    status without a body (1xx, 204, 304). Returns the write's future, as
+    ``finish()`` does.
+    """
+    reason = http.client.responses.get(status, "Unknown")  # as set_status() says it
+    handler._status_code = status
+    handler._reason = reason
+    headers = handler._headers
+    headers["Content-Type"] = content_type
+    headers["Content-Length"] = str(len(body))
+    connection = handler.request.connection
+    assert connection is not None
+    # As finish() does: the closed connection no longer calls this handler.
+    connection.set_close_callback(None)  # type: ignore[attr-defined]
+    handler._headers_written = True
+    sent = connection.write_headers(
+        tornado.httputil.ResponseStartLine("", status, reason), headers, body
+    )
+    connection.finish()
+    handler._log()
+    handler._finished = True
+    handler.on_finish()
+    handler._break_cycles()
+    return sent
+
+
 # -- routing ------------------------------------------------------------------------
 
 
@@ -300,13 +419,15 @@ class TemplatePathMatches(PathMatches):
 # -- streamed uploads ---------------------------------------------------------------
 
 
-# The request whose headers are being routed on this connection, when it has no body
-# and its route leads to a class decorated with stream_request_body_when_sent. Set by
-# the route's matcher, read (and cleared) by that class's ``_stream_request_body``
-# when Tornado's _HandlerDelegate asks, a few calls later in the same task.
-_ROUTED_WITHOUT_BODY: ContextVar[Optional[tornado.httputil.HTTPServerRequest]] = ContextVar(
-    "tornado_jsonservlet_routed_without_body", default=None
-)
+# The request whose headers were just routed, when it has no body and its route
+# leads to a class decorated with stream_request_body_when_sent, with the thread
+# that routed it. Set by the route's matcher, read (and cleared) by that class's
+# ``_stream_request_body`` when Tornado's _HandlerDelegate asks, a few calls later
+# in the same synchronous call. A global rather than a ContextVar: two context
+# changes per request cost more than the rest of the decision. Another thread's
+# entry (two event loops in two threads) is not this request's: the read then
+# answers "stream", which is safe (see below).
+_routed_without_body: Optional[tuple[int, tornado.httputil.HTTPServerRequest]] = None
 
 
 def has_no_body(headers: tornado.httputil.HTTPHeaders) -> bool:
@@ -314,7 +435,10 @@ def has_no_body(headers: tornado.httputil.HTTPHeaders) -> bool:
     no ``Transfer-Encoding`` and a ``Content-Length`` that is absent or exactly 0.
     Anything else (including a malformed length, which Tornado answers with 400)
     counts as a body."""
-    return "Transfer-Encoding" not in headers and headers.get("Content-Length", "0") == "0"
+    # Membership first: HTTPHeaders.get raises and catches a KeyError when absent.
+    return "Transfer-Encoding" not in headers and (
+        "Content-Length" not in headers or headers["Content-Length"] == "0"
+    )
 
 
 class _StreamsUnlessRoutedWithoutBody:
@@ -329,10 +453,14 @@ class _StreamsUnlessRoutedWithoutBody:
     """
 
     def __get__(self, instance: object, owner: type) -> bool:
-        request = _ROUTED_WITHOUT_BODY.get()
-        if request is None:
+        global _routed_without_body
+        routed = _routed_without_body
+        if routed is None:
             return True
-        _ROUTED_WITHOUT_BODY.set(None)
+        _routed_without_body = None
+        thread, request = routed
+        if thread != threading.get_ident():
+            return True
         # A request this matcher saw on an earlier turn of the connection (whose
         # delegate never asked) has been read to the end: it says nothing now.
         return getattr(request.connection, "_read_finished", True) is not False
@@ -362,11 +490,12 @@ def streams_only_sent_bodies(cls: object) -> bool:
 def route_without_body(request: tornado.httputil.HTTPServerRequest) -> None:
     """Called by a matcher that routes ``request`` to a
     :func:`stream_request_body_when_sent` class: if it has no body, it is not streamed."""
+    global _routed_without_body
     if has_no_body(request.headers):
         received: Future[None] = Future()
         received.set_result(None)
         request._body_future = received  # type: ignore[attr-defined,unused-ignore]
-        _ROUTED_WITHOUT_BODY.set(request)
+        _routed_without_body = (threading.get_ident(), request)
 
 
 def body_still_arriving(request: tornado.httputil.HTTPServerRequest) -> bool:

@@ -185,3 +185,22 @@ async def test_big_responses_take_smaller_slices_while_interactive_work_is_recen
     assert polite.body == quiet.body
     assert len(quiet.body) > 4 * 128 * 1024  # several slices even when quiet
     assert pieces >= 3 * quiet_pieces, (pieces, quiet_pieces)
+
+
+def test_each_loop_keeps_its_own_lane_when_loops_alternate() -> None:
+    """The lane of the last loop asked for is remembered; another loop still gets its own."""
+
+    async def lane_now() -> LowPriorityLane:
+        return lane_for_running_loop()
+
+    first, second = asyncio.new_event_loop(), asyncio.new_event_loop()
+    try:
+        lane_one = first.run_until_complete(lane_now())
+        lane_two = second.run_until_complete(lane_now())
+        assert lane_one is not lane_two
+        assert first.run_until_complete(lane_now()) is lane_one
+        assert second.run_until_complete(lane_now()) is lane_two
+        assert second.run_until_complete(lane_now()) is lane_two
+    finally:
+        first.close()
+        second.close()

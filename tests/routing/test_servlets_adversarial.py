@@ -1,6 +1,6 @@
 """Adversarial checks of how a servlet request starts: bodiless requests not streamed
-(the route's matcher decides, through a context variable, for Tornado's delegate) and
-the request task started eagerly (Python 3.12+).
+(the route's matcher decides, through a variable tagged with its thread, for
+Tornado's delegate) and the request task started eagerly (Python 3.12+).
 
 Real servers and raw sockets: pipelined requests, keep-alive connections mixing
 servlets routed by the registry and by hand with a plain streaming handler, odd

@@ -79,8 +79,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import weakref
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Coroutine
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from types import TracebackType
@@ -93,6 +92,7 @@ from tornado_jsonservlet import tornado_adapter as tornado_internals
 from tornado_jsonservlet.core import context, threads, tracing
 from tornado_jsonservlet.core.connection import CLIENT_CLOSED_REQUEST, abort_response
 from tornado_jsonservlet.core.error_shape import error_document
+from tornado_jsonservlet.core.headers import header_or_none
 from tornado_jsonservlet.core.safe_output import SafeWriteMixin, positive_seconds
 from tornado_jsonservlet.core.scope import RequestScope, scope_of
 
@@ -122,8 +122,6 @@ _POLICIES = ("safe", "all", "none")
 _CANCEL_MARK = "_tornado_jsonservlet_cancel"
 
 _tornado_write_error = tornado.web.RequestHandler.write_error
-# Classes that set request_deadline themselves (it then wins over the setting).
-_classes_with_deadline: weakref.WeakSet[type] = weakref.WeakSet()
 _reported_bad_settings: set[int] = set()
 
 
@@ -212,8 +210,10 @@ def uncancellable(method: _F) -> _F:
 
 # -- in-flight registry (read by graceful shutdown) -------------------------------
 # Every toolkit request whose task is running, so that a shutdown can cancel what
-# is left after its grace period. Weak: a registry must never keep a request alive.
-_running: weakref.WeakSet[CancelOnDisconnectMixin] = weakref.WeakSet()
+# is left after its grace period. A plain set (a weak one costs two weak references
+# per request): a request is added when its task starts and removed when the task
+# ends, in the task's ``finally``, which also runs for a task collected unfinished.
+_running: set[CancelOnDisconnectMixin] = set()
 
 
 def running_requests() -> list[CancelOnDisconnectMixin]:
@@ -333,6 +333,9 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
     #: Seconds each request may take before it is cancelled with a 504; None: no
     #: deadline. Set here, it wins over the application setting of the same name.
     request_deadline: ClassVar[Optional[float]] = None
+    #: Whether a class below this one sets ``request_deadline`` (it then wins over
+    #: the application setting).
+    _jsonservlet_sets_deadline: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -351,12 +354,13 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
                 f"{cls.__name__}.request_deadline must be None or a positive number "
                 f"of seconds, not {cls.request_deadline!r}"
             )
-        if any(
+        # Decided once per class, read on every request (a set of classes costs a
+        # weak reference per look-up).
+        cls._jsonservlet_sets_deadline = any(
             "request_deadline" in klass.__dict__
             for klass in cls.__mro__[:-1]
             if klass is not CancelOnDisconnectMixin
-        ):
-            _classes_with_deadline.add(cls)
+        )
         prepare = cls.__dict__.get("prepare")
         if prepare is not None and hasattr(prepare, _CANCEL_MARK):
             raise TypeError(
@@ -475,39 +479,41 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
 
     # -- Tornado hooks (through the adapter) --------------------------------------
 
-    async def _jsonservlet_execute(
-        self,
-        run: Callable[[], Awaitable[None]],
-        transforms: list[tornado.web.OutputTransform],
-    ) -> None:
-        # The one absorption point: Tornado runs the whole request (prepare, body,
-        # verb) inside this coroutine's task.
+    def _jsonservlet_enter(self, transforms: list[tornado.web.OutputTransform]) -> bool:
+        # Tornado runs the whole request (prepare, body, verb) in this task; its
+        # cancellation is absorbed in one place, _jsonservlet_absorb.
         scope = scope_of(self)
         scope.task = asyncio.current_task()
         deadline = self._jsonservlet_deadline_seconds()
         if deadline is not None:
             self._jsonservlet_start_deadline(scope, deadline)
         _running.add(self)
-        try:
-            if scope.reason is not None and self._jsonservlet_may_cancel_task():
-                # Cancelled before the handler started (a client that sent its
-                # request and reset at once): do not start the work at all.
-                tornado_internals.adopt_transforms(self, transforms)
-                self._jsonservlet_end_cancelled()
-                tornado_internals.release_prepare_waiters(self)
-                return
-            await super()._jsonservlet_execute(run, transforms)
-        except asyncio.CancelledError:
-            if not scope.absorb():
-                raise
+        if scope.reason is not None and self._jsonservlet_may_cancel_task():
+            # Cancelled before the handler started (a client that sent its
+            # request and reset at once): do not start the work at all.
+            tornado_internals.adopt_transforms(self, transforms)
             self._jsonservlet_end_cancelled()
-        finally:
-            _running.discard(self)
-            if scope.delivered:
-                # The handler swallowed our CancelledError: take back our request so
-                # asyncio.timeout/TaskGroup logic around the task is not confused.
-                scope.absorb()
-            scope.task = None
+            tornado_internals.release_prepare_waiters(self)
+            return False
+        return super()._jsonservlet_enter(transforms)
+
+    def _jsonservlet_absorb(self) -> bool:
+        # The one absorption point: our own cancellation ends here, as the
+        # reason's outcome; anyone else's goes on.
+        if not scope_of(self).absorb():
+            return super()._jsonservlet_absorb()
+        self._jsonservlet_end_cancelled()
+        return True
+
+    def _jsonservlet_exit(self) -> None:
+        scope = scope_of(self)
+        _running.discard(self)
+        if scope.delivered:
+            # The handler swallowed our CancelledError: take back our request so
+            # asyncio.timeout/TaskGroup logic around the task is not confused.
+            scope.absorb()
+        scope.task = None
+        super()._jsonservlet_exit()
 
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
         """Tornado's ``send_error``, except for the toolkit's own cancellation.
@@ -549,6 +555,7 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
             return
         super()._jsonservlet_log(write_access_line)
 
+    @tornado_internals.covered_by_one_write
     def finish(self, chunk: Any = None) -> asyncio.Future[None]:
         """Tornado's ``finish``; once the request is finished, its timers and child tasks
         (``call_later``, ``spawn``) are cancelled, so nothing the request owns outlives it.
@@ -668,7 +675,7 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
     def _jsonservlet_deadline_seconds(self) -> Optional[float]:
         """This request's deadline in seconds from now, or None."""
         settings = self.settings
-        if type(self) in _classes_with_deadline:
+        if self._jsonservlet_sets_deadline:
             seconds = self.request_deadline
         else:
             seconds = settings.get("request_deadline")
@@ -685,7 +692,7 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
                 seconds = None
         if settings.get("accept_deadline_header"):
             name = settings.get("deadline_header") or context.DEFAULT_DEADLINE_HEADER
-            theirs = _header_deadline(self.request.headers.get(name))
+            theirs = _header_deadline(header_or_none(self.request.headers, name))
             if theirs is not None:
                 seconds = theirs if seconds is None else min(seconds, theirs)
         return seconds

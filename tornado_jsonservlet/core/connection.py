@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Awaitable
 from typing import Any, Callable, Optional
 
 import tornado.httputil
@@ -165,6 +164,7 @@ class ClientConnectionMixin(tornado_internals.RequestLifecycle):
         self._jsonservlet_connection_closed()
         super().on_connection_close()
 
+    @tornado_internals.covered_by_one_write
     def finish(self, chunk: Any = None) -> asyncio.Future[None]:
         """Tornado's ``finish``; for a departed client, the one way its request ends.
 
@@ -232,12 +232,8 @@ class ClientConnectionMixin(tornado_internals.RequestLifecycle):
         """Tornado reported the connection closed while the handler was working."""
         self._jsonservlet_client_left()
 
-    async def _jsonservlet_execute(
-        self,
-        run: Callable[[], Awaitable[None]],
-        transforms: list[tornado.web.OutputTransform],
-    ) -> None:
-        await super()._jsonservlet_execute(run, transforms)
+    def _jsonservlet_completed(self) -> None:
+        super()._jsonservlet_completed()
         # Tornado abandons a streamed upload whose client leaves: ``_execute``
         # returns without finishing, so nothing would log the request. It is
         # finished here, in the request's own task and context, where tracing

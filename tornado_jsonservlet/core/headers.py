@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import NamedTuple, Optional
+from typing import TYPE_CHECKING, NamedTuple, Optional
+
+if TYPE_CHECKING:
+    import tornado.httputil
 
 __all__ = [
     "CONTENT_LENGTH_CAP",
@@ -27,6 +30,7 @@ __all__ = [
     "MediaRange",
     "MediaType",
     "check_header",
+    "header_or_none",
     "header_value_problem",
     "is_token",
     "parse_accept",
@@ -83,6 +87,16 @@ class MediaRange(NamedTuple):
     type: str
     subtype: str
     q: float
+
+
+def header_or_none(headers: tornado.httputil.HTTPHeaders, name: str) -> Optional[str]:
+    """``headers.get(name)``, without its cost for an absent header.
+
+    ``HTTPHeaders.get`` is ``Mapping.get``: it raises ``KeyError`` inside and catches
+    it, which for a header most requests lack (``Content-Length`` on a GET, ``Origin``)
+    costs more than the rest of the look-up. A membership test first does not.
+    """
+    return headers[name] if name in headers else None  # noqa: SIM401 (see above)
 
 
 def parse_content_length(value: str) -> int:

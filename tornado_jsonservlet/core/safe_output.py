@@ -127,6 +127,7 @@ class SafeWriteMixin(ClientConnectionMixin):
         ):
             _classes_with_write_timeout.add(cls)
 
+    @tornado_internals.covered_by_one_write
     def write(self, chunk: _Chunk) -> None:
         """Tornado's ``write``; a no-op once the client has gone.
 
@@ -137,6 +138,7 @@ class SafeWriteMixin(ClientConnectionMixin):
             return
         super().write(chunk)
 
+    @tornado_internals.covered_by_one_write
     def flush(self, include_footers: bool = False) -> asyncio.Future[None]:
         """Tornado's ``flush``; after a disconnect, a completed future.
 
@@ -152,6 +154,7 @@ class SafeWriteMixin(ClientConnectionMixin):
             scope_of(self).closed_by_server = True
             raise
 
+    @tornado_internals.covered_by_one_write
     def finish(self, chunk: Optional[_Chunk] = None) -> asyncio.Future[None]:
         """Tornado's ``finish``; for a departed client, the request ends as a 499 and
         nothing is sent. Returns a completed future instead of raising ``StreamClosedError``.

@@ -21,7 +21,7 @@ from typing import Any
 import tornado.web
 
 from tornado_jsonservlet import tornado_adapter as tornado_internals
-from tornado_jsonservlet.core.headers import is_token
+from tornado_jsonservlet.core.headers import header_or_none, is_token
 
 __all__ = ["CorsMixin"]
 
@@ -116,7 +116,7 @@ class CorsMixin(tornado.web.RequestHandler):
         allowed = self.cors_allow_origins
         if not allowed:
             return  # CORS off (the common case): no header look-up at all
-        origin = self.request.headers.get("Origin")
+        origin = header_or_none(self.request.headers, "Origin")
         if origin is None:
             return
         wildcard = "*" in allowed

@@ -14,7 +14,12 @@ from typing import Any, Literal, Optional, TypeVar, overload
 import tornado.web
 
 from tornado_jsonservlet import tornado_adapter as tornado_internals
-from tornado_jsonservlet.core.headers import MediaType, parse_content_length, parse_media_type
+from tornado_jsonservlet.core.headers import (
+    MediaType,
+    header_or_none,
+    parse_content_length,
+    parse_media_type,
+)
 from tornado_jsonservlet.core.scope import scope_of
 from tornado_jsonservlet.errors.exceptions import (
     BadRequest,
@@ -79,7 +84,7 @@ class JsonBodyMixin(tornado.web.RequestHandler):
         :raises BadRequest: a ``Content-Length`` that is not ASCII digits (``BAD_HEADER``).
         :raises PayloadTooLarge: a declared body above the limit (``TOO_LARGE``).
         """
-        declared = self.request.headers.get("Content-Length")
+        declared = header_or_none(self.request.headers, "Content-Length")
         if declared is not None:
             # Strict: "²".isdigit() is true and int() then fails, and int() on a
             # 5,000-digit value fails too; either was a 500.

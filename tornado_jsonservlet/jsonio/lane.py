@@ -34,7 +34,7 @@ import asyncio
 import math
 import time
 import weakref
-from typing import Callable, TypeVar
+from typing import Callable, Optional, TypeVar
 
 __all__ = ["LowPriorityLane", "lane_for_running_loop"]
 
@@ -156,10 +156,20 @@ _lanes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LowPriorityLane] = 
 )
 
 
+# The last loop asked for and its lane: every small response asks, almost always
+# from the same loop, and a weak dictionary's look-up makes a weak reference.
+_last_asked: Optional[tuple[weakref.ref[asyncio.AbstractEventLoop], LowPriorityLane]] = None
+
+
 def lane_for_running_loop() -> LowPriorityLane:
     """The shared lane of the running event loop (created on first use)."""
+    global _last_asked
     loop = asyncio.get_running_loop()
+    last = _last_asked
+    if last is not None and last[0]() is loop:
+        return last[1]
     lane = _lanes.get(loop)
     if lane is None:
         lane = _lanes[loop] = LowPriorityLane()
+    _last_asked = (weakref.ref(loop), lane)
     return lane

@@ -67,6 +67,7 @@ class LeanResponseMixin(tornado_internals.RequestLifecycle):
             ),
         )
 
+    @tornado_internals.covered_by_one_write
     def check_etag_header(self) -> bool:
         """Tornado's check, skipped when no ``ETag`` was computed (JSON responses by
         default), with the answer Tornado would give.

@@ -33,6 +33,8 @@ from typing import Any, Callable, Optional, TypeVar
 
 import tornado.web
 
+from tornado_jsonservlet import tornado_adapter as tornado_internals
+from tornado_jsonservlet.core.safe_output import SafeWriteMixin
 from tornado_jsonservlet.core.scope import scope_of
 from tornado_jsonservlet.jsonio.bodies import JsonBodyMixin, require
 from tornado_jsonservlet.jsonio.codec import JSON_CONTENT_TYPE, encode
@@ -70,6 +72,11 @@ def _big_list(obj: Any) -> Optional[tuple[Optional[str], list[Any]]]:
         return (None, obj) if len(obj) >= _MIN_SLICED_ITEMS else None
     if isinstance(obj, dict):
         best: Optional[tuple[Optional[str], list[Any]]] = None
+        for value in obj.values():
+            if type(value) is list and len(value) >= _MIN_SLICED_ITEMS:
+                break
+        else:
+            return None  # the common small document: no big list, one pass over values
         for key, value in obj.items():
             big = type(value) is list and len(value) >= _MIN_SLICED_ITEMS
             if big and isinstance(key, str) and (best is None or len(value) > len(best[1])):
@@ -150,6 +157,47 @@ async def encode_in_slices(
     return chunks
 
 
+def _finish_in_one_write(
+    handler: JsonResponseMixin, status: int, body: bytes
+) -> Optional[Awaitable[None]]:
+    """``finish(body)`` for the common small response, without the calls in between.
+
+    ``finish()`` passes through the toolkit's layers (cancellation, safe output, the
+    client's connection) and then Tornado's ETag, ``Content-Length`` and ``flush()``
+    steps. For a response that nothing was written to, of a request that is neither
+    being cancelled nor abandoned, each layer only passes the call on, and the
+    calls cost about a sixth of a small request (``benchmarks/servlet_cost.py``).
+    This does the same in one step: the status, the headers and the body in one
+    write, the access line, ``on_finish()``, the relay of a failed write into a
+    disconnect, the release of the request's timers.
+
+    Returns None, and does nothing, whenever that could differ from ``finish()``:
+    the class overrides a method on ``finish()``'s path (its override must run),
+    ``json_etag`` is set, the status has no body, the response was touched (a
+    header sent, a cookie, a transform such as gzip), or the request is being
+    cancelled, its client left, or its body is still arriving.
+    """
+    if (
+        not tornado_internals.finishes_in_one_write(type(handler))
+        or handler.json_etag
+        or status < 200
+        or status in (204, 304)
+        or not tornado_internals.nothing_written(handler)
+        or tornado_internals.body_still_arriving(handler.request)
+    ):
+        return None
+    scope = scope_of(handler)
+    if scope.reason is not None or scope.client_gone or scope.ended_early:
+        return None
+    scope.json_response = True
+    sent = tornado_internals.send_in_one_write(handler, status, JSON_CONTENT_TYPE, body)
+    if isinstance(handler, SafeWriteMixin):
+        sent = handler._jsonservlet_quiet(sent)
+    if scope.owned:
+        scope.release_owned()
+    return sent
+
+
 class JsonResponseMixin(tornado.web.RequestHandler):
     """``await self.write_json(obj)``: encode, send and finish, without blocking the loop.
 
@@ -176,8 +224,9 @@ class JsonResponseMixin(tornado.web.RequestHandler):
             beyond 1024 levels; nothing has been sent yet.
         """
         canonical = self.json_canonical if canonical is None else canonical
-        default: Hook = self.settings.get("json_default")
-        decimals: str = self.settings.get("json_decimal", "string")
+        settings = self.settings
+        default: Hook = settings.get("json_default")
+        decimals: str = settings.get("json_decimal", "string")
         found = _big_list(obj)
         if found is not None:
             size, per_item = _estimated_size(found[1], canonical, default, decimals)
@@ -192,6 +241,9 @@ class JsonResponseMixin(tornado.web.RequestHandler):
         body = encode(obj, canonical=canonical, default=default, decimals=decimals)
         # A small response is interactive work: big ones in flight make room for it.
         lane_for_running_loop().note_interactive()
+        sent = _finish_in_one_write(self, status, body)
+        if sent is not None:
+            return sent
         self._jsonservlet_start_json(status)
         return self.finish(body)
 
@@ -233,6 +285,7 @@ class JsonResponseMixin(tornado.web.RequestHandler):
         await self.flush(include_footers=not like_get_body)
         await self.finish()
 
+    @tornado_internals.covered_by_one_write
     def compute_etag(self) -> Optional[str]:
         """No ETag for responses sent by :meth:`write_json` unless :attr:`json_etag`
         is set: hashing every JSON body rarely pays for itself. Other responses keep

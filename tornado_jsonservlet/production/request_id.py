@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Awaitable
 from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, Callable, ClassVar, Optional
@@ -32,6 +31,7 @@ from typing import Any, Callable, ClassVar, Optional
 import tornado.web
 
 from tornado_jsonservlet import tornado_adapter as tornado_internals
+from tornado_jsonservlet.core.headers import header_or_none
 from tornado_jsonservlet.core.scope import scope_of
 
 __all__ = [
@@ -125,7 +125,7 @@ class RequestIdMixin(tornado_internals.RequestLifecycle):
         request_id = scope.request_id
         if request_id is None:
             incoming = (
-                valid_request_id(self.request.headers.get(REQUEST_ID_HEADER))
+                valid_request_id(header_or_none(self.request.headers, REQUEST_ID_HEADER))
                 if self.trust_request_id
                 else None
             )
@@ -151,16 +151,12 @@ class RequestIdMixin(tornado_internals.RequestLifecycle):
                 self.set_header(REQUEST_ID_HEADER, self.request_id)
         return super().flush(include_footers)
 
-    async def _jsonservlet_execute(
-        self,
-        run: Callable[[], Awaitable[None]],
-        transforms: list[tornado.web.OutputTransform],
-    ) -> None:
-        # Tornado runs the whole request in this coroutine's task, which has its
-        # own copy of the context: a variable set here is seen by the handler and
-        # by the tasks it starts, and by nothing else. It dies with the task.
+    def _jsonservlet_enter(self, transforms: list[tornado.web.OutputTransform]) -> bool:
+        # Tornado runs the whole request in this task, which has its own copy of
+        # the context: a variable set here is seen by the handler and by the tasks
+        # it starts, and by nothing else. It dies with the task.
         _current.set(self.request_id)
-        await super()._jsonservlet_execute(run, transforms)
+        return super()._jsonservlet_enter(transforms)
 
     def _jsonservlet_log(self, write_access_line: Callable[[], None]) -> None:
         # The access line may be written outside the request's task (a request

@@ -51,7 +51,7 @@ import inspect
 import re
 import sys
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Optional
 
@@ -72,7 +72,12 @@ from tornado_jsonservlet.jsonio.lean import LeanResponseMixin
 from tornado_jsonservlet.jsonio.responses import JsonResponseMixin
 from tornado_jsonservlet.production.metrics import ServletMetrics, method_label
 from tornado_jsonservlet.routing.patterns import contains_control
-from tornado_jsonservlet.routing.signatures import DISPATCHER_COPY_MARK, signature_of
+from tornado_jsonservlet.routing.signatures import (
+    DISPATCHER_COPY_MARK,
+    METHOD_ATTRIBUTES,
+    method_attribute,
+    signature_of,
+)
 
 __all__ = [
     "SERVLET_METHODS",
@@ -181,7 +186,7 @@ class _ServletBase(
         method = self.request.method or ""
         if method == "OPTIONS":
             return None
-        return getattr(type(self), f"on_{'GET' if method == 'HEAD' else method}", None)
+        return getattr(type(self), method_attribute("GET" if method == "HEAD" else method), None)
 
     async def get(self, *args: str, **kwargs: str) -> None:
         """Dispatch to ``on_GET`` with the converted path parameters."""
@@ -215,12 +220,18 @@ class _ServletBase(
         self.finish()
 
     async def _jsonservlet_dispatch(self, method: str, raw_params: Mapping[str, str]) -> None:
-        self._jsonservlet_complete_body()
-        state: _ServletState = scope_of(self).servlet
+        scope = scope_of(self)
+        state: _ServletState = scope.servlet
+        if scope.json_body is None:
+            # Nothing was streamed (a request without a body, the common case): the
+            # body is Tornado's b"", and there is no form to parse.
+            state.body_complete = True
+        else:
+            self._jsonservlet_complete_body()
         if state.xsrf_check_due:
             state.xsrf_check_due = False
             self.check_xsrf_cookie()
-        target = getattr(self, f"on_{method}", None)
+        target = getattr(self, METHOD_ATTRIBUTES.get(method) or f"on_{method}", None)
         if target is None:
             raise MethodNotAllowed(self.allowed_methods)
         params = self._jsonservlet_convert_params(raw_params)
@@ -229,7 +240,9 @@ class _ServletBase(
             params.update(signature.bind(self, self._jsonservlet_validation_status()))
         state.returns = signature.returns
         result = target(**params)
-        if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
+        if type(result) is types.CoroutineType or (
+            type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result)
+        ):
             result = await result
         if result is None or tornado_internals.is_finished(self):
             return
@@ -263,6 +276,8 @@ class _ServletBase(
             # when decoding parameters, so a raw non-ASCII byte would reach the
             # servlet as mojibake. Clients percent-encode; anything else is refused.
             raise BadRequest("The request path must be ASCII; percent-encode other characters")
+        if not raw_params:
+            return {}
         route: ServletRoute = scope_of(self).servlet.route
         params: dict[str, Any] = {}
         for name, value in raw_params.items():
@@ -341,7 +356,7 @@ class _ServletBase(
             for name, values in self.request.body_arguments.items():
                 self.request.arguments.setdefault(name, []).extend(values)
 
-    async def send_body(self, status: int, body: Any) -> None:
+    def send_body(self, status: int, body: Any) -> Awaitable[None]:
         """Send a method's return value; subclasses define the body format."""
         raise NotImplementedError
 
@@ -409,9 +424,14 @@ class JsonServlet(JsonErrorMixin, JsonResponseMixin, _ServletBase):
     .. versionadded:: 0.1
     """
 
-    async def send_body(self, status: int, body: Any) -> None:
+    def send_body(self, status: int, body: Any) -> Awaitable[None]:
         """Send the method's return value with
-        :meth:`~tornado_jsonservlet.JsonResponseMixin.write_json`."""
+        :meth:`~tornado_jsonservlet.JsonResponseMixin.write_json`.
+
+        A plain method returning an awaitable, so that a small response costs no
+        coroutine of its own; an override may be ``async def`` and await
+        ``super().send_body(...)``.
+        """
         returns = scope_of(self).servlet.returns
         if returns is not None and self.request.method != "HEAD":
             msgspec = sys.modules.get("msgspec")
@@ -423,9 +443,8 @@ class JsonServlet(JsonErrorMixin, JsonResponseMixin, _ServletBase):
                     self.settings.get("json_decimal", "string"),
                 )
                 self._jsonservlet_start_json(status)
-                await self.finish(data)
-                return
-        await self.write_json(body, status)
+                return self.finish(data)
+        return self.write_json(body, status)
 
 
 def _encode_typed(msgspec: Any, body: Any, hook: Any, decimals: str = "string") -> bytes:

@@ -53,12 +53,14 @@ from tornado_jsonservlet.errors.exceptions import ServletError
 from tornado_jsonservlet.jsonio.codec import decode
 
 __all__ = [
+    "METHOD_ATTRIBUTES",
     "Header",
     "MethodSignature",
     "ValidationFailed",
     "bounded_int",
     "is_pydantic",
     "is_structured",
+    "method_attribute",
     "signature_of",
     "uses_pydantic",
 ]
@@ -413,6 +415,22 @@ def _docs(fn: Any) -> tuple[Optional[str], Optional[str]]:
 _CACHE: dict[tuple[Any, ...], MethodSignature] = {}
 
 
+#: ``on_<METHOD>`` for each servlet method, as literals: Python interns them, and a
+#: name built per request (``f"on_{method}"``) is interned again by every getattr.
+METHOD_ATTRIBUTES = {
+    "GET": "on_GET",
+    "POST": "on_POST",
+    "PUT": "on_PUT",
+    "PATCH": "on_PATCH",
+    "DELETE": "on_DELETE",
+}
+
+
+def method_attribute(method: str) -> str:
+    """``"on_" + method``, without building the name for the usual methods."""
+    return METHOD_ATTRIBUTES.get(method) or f"on_{method}"
+
+
 def signature_of(
     servlet: type, method: str, path_names: Iterable[str], label: Optional[str] = None
 ) -> MethodSignature:
@@ -425,8 +443,8 @@ def signature_of(
         argument, a header nor the body; two bodies; a body on GET/DELETE; a path
         parameter the method does not accept.
     """
-    fn = getattr(servlet, f"on_{method}")
-    names = tuple(sorted(path_names))
+    fn = getattr(servlet, METHOD_ATTRIBUTES.get(method) or f"on_{method}")
+    names = tuple(sorted(path_names)) if path_names else ()
     key = (servlet, method, fn, names)
     found = _CACHE.get(key)
     if found is None:
