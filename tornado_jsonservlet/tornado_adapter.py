@@ -310,9 +310,12 @@ FINISH_PATH_METHODS = (
     "check_etag_header",
 )
 _COVERED_MARK = "_tornado_jsonservlet_covered_by_one_write"
-# Tornado's own functions, as imported: one patched in later (an instrumentation
-# wrapping RequestHandler.flush, say) is not Tornado's, and must run.
+# Tornado's own functions, as imported. One patched in (an instrumentation or an
+# application wrapping RequestHandler.finish, say) is not Tornado's, and must run,
+# also below the toolkit's overrides, whose super() calls reach it.
 _TORNADO_FINISH_PATH = {name: Handler.__dict__[name] for name in FINISH_PATH_METHODS}
+_TORNADO_FINISH_FUNCTIONS = tuple(_TORNADO_FINISH_PATH.values())
+_HANDLER_ATTRIBUTES = Handler.__dict__
 _finishes_in_one_write: dict[type, bool] = {}
 
 
@@ -326,7 +329,16 @@ def covered_by_one_write(method: _F) -> _F:
 
 def finishes_in_one_write(cls: type[Handler]) -> bool:
     """Whether every method on ``finish()``'s path is Tornado's own or a covered one,
-    so that skipping the calls changes nothing (decided once per class)."""
+    so that skipping the calls changes nothing.
+
+    Decided once per class, at its first small response; whether ``RequestHandler``'s
+    own methods are still Tornado's is checked on every call, as a patch may come at
+    any time.
+    """
+    if tuple(map(_HANDLER_ATTRIBUTES.__getitem__, FINISH_PATH_METHODS)) != (
+        _TORNADO_FINISH_FUNCTIONS
+    ):
+        return False
     known = _finishes_in_one_write.get(cls)
     if known is None:
         known = _finishes_in_one_write[cls] = all(
@@ -340,9 +352,14 @@ def finishes_in_one_write(cls: type[Handler]) -> bool:
 def nothing_written(handler: Handler) -> bool:
     """Whether ``finish(body)`` would send the status, the headers and ``body`` in
     one write, with nothing to add: not finished, no header sent, nothing buffered,
-    no output transform (gzip), no cookie set, no ``Content-Length`` set by hand."""
+    no output transform (gzip), no cookie set, no ``Content-Length`` set by hand,
+    and the connection's stream still open (a closed one fails the write, and
+    ``finish()``'s path has the layers that make that a disconnect)."""
+    stream = getattr(handler.request.connection, "stream", None)
     return (
-        not handler._finished
+        stream is not None
+        and not stream.closed()
+        and not handler._finished
         and not handler._headers_written
         and not handler._write_buffer
         and not handler._transforms
@@ -352,15 +369,21 @@ def nothing_written(handler: Handler) -> bool:
 
 
 def send_in_one_write(
-    handler: Handler, status: int, content_type: str, body: bytes
+    handler: Handler,
+    status: int,
+    content_type: str,
+    body: bytes,
+    relay: Callable[[Future[None]], Future[None]],
 ) -> Future[None]:
     """``set_status(status)``, the ``Content-Type``, then what ``finish(body)`` does
     for a response :func:`nothing_written` to, with no ETag to compute: the headers
     and the body in one write, the access line, ``on_finish()``.
 
+    ``relay`` gets the write's future at once, where ``flush()`` would return it:
+    before the request is finished (a failed write is then still a disconnect of
+    this request). Its result is returned, as ``finish()`` returns ``flush()``'s.
     Call it for a class that :func:`finishes_in_one_write`, and not for HEAD or a
-    status without a body (1xx, 204, 304). Returns the write's future, as
-    ``finish()`` does.
+    status without a body (1xx, 204, 304).
     """
     reason = http.client.responses.get(status, "Unknown")  # as set_status() says it
     handler._status_code = status
@@ -373,8 +396,10 @@ def send_in_one_write(
     # As finish() does: the closed connection no longer calls this handler.
     connection.set_close_callback(None)  # type: ignore[attr-defined]
     handler._headers_written = True
-    sent = connection.write_headers(
-        tornado.httputil.ResponseStartLine("", status, reason), headers, body
+    sent = relay(
+        connection.write_headers(
+            tornado.httputil.ResponseStartLine("", status, reason), headers, body
+        )
     )
     connection.finish()
     handler._log()

@@ -190,11 +190,16 @@ def _finish_in_one_write(
     if scope.reason is not None or scope.client_gone or scope.ended_early:
         return None
     scope.json_response = True
-    sent = tornado_internals.send_in_one_write(handler, status, JSON_CONTENT_TYPE, body)
-    if isinstance(handler, SafeWriteMixin):
-        sent = handler._jsonservlet_quiet(sent)
-    if scope.owned:
-        scope.release_owned()
+    relay = handler._jsonservlet_quiet if isinstance(handler, SafeWriteMixin) else _as_is
+    try:
+        return tornado_internals.send_in_one_write(handler, status, JSON_CONTENT_TYPE, body, relay)
+    finally:
+        # As CancelOnDisconnectMixin.finish: also when on_finish() raised.
+        if scope.owned and tornado_internals.is_finished(handler):
+            scope.release_owned()
+
+
+def _as_is(sent: Awaitable[None]) -> Any:
     return sent
 
 
