@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import inspect
+import operator
 import socket
 import struct
 import sys
@@ -309,44 +310,103 @@ FINISH_PATH_METHODS = (
     "set_etag_header",
     "check_etag_header",
 )
-_COVERED_MARK = "_tornado_jsonservlet_covered_by_one_write"
 # Tornado's own functions, as imported. One patched in (an instrumentation or an
 # application wrapping RequestHandler.finish, say) is not Tornado's, and must run,
 # also below the toolkit's overrides, whose super() calls reach it.
 _TORNADO_FINISH_PATH = {name: Handler.__dict__[name] for name in FINISH_PATH_METHODS}
-_TORNADO_FINISH_FUNCTIONS = tuple(_TORNADO_FINISH_PATH.values())
-_HANDLER_ATTRIBUTES = Handler.__dict__
-_finishes_in_one_write: dict[type, bool] = {}
+# The toolkit's overrides that the caller of send_in_one_write reproduces, by
+# identity: a wrapper (functools.wraps copies attributes) or a mock is not one.
+_covered: set[Any] = set()
+
+
+class _FinishPath:
+    """Where a class's :data:`FINISH_PATH_METHODS` are defined along its MRO, as read.
+
+    Checked on every small response, so the check is a few calls into C: one
+    ``attrgetter`` for what the names resolve to on the class, and one ``itemgetter``
+    per base holding a definition further down.
+    """
+
+    __slots__ = ("below", "definitions", "resolved")
+
+    _resolve = operator.attrgetter(*FINISH_PATH_METHODS)
+
+    def __init__(self, cls: type) -> None:
+        #: (name, function) of every definition along the MRO
+        self.definitions: list[tuple[str, Any]] = []
+        below: dict[type, list[str]] = {}
+        for name in FINISH_PATH_METHODS:
+            first = True
+            for klass in cls.__mro__:
+                if name in klass.__dict__:
+                    self.definitions.append((name, klass.__dict__[name]))
+                    if not first:
+                        below.setdefault(klass, []).append(name)
+                    first = False
+        self.resolved = self._resolve(cls)
+        #: (the base's namespace, a getter of its definitions below the first, what it got)
+        self.below: tuple[tuple[Any, Callable[[Any], Any], Any], ...] = tuple(
+            (klass.__dict__, getter, getter(klass.__dict__))
+            for klass, names in below.items()
+            for getter in [operator.itemgetter(*names)]
+        )
+
+    def all_covered(self) -> bool:
+        return all(
+            function in _covered or function is _TORNADO_FINISH_PATH.get(name)
+            for name, function in self.definitions
+        )
+
+    def unchanged(self, cls: type) -> bool:
+        """No definition replaced since, and none added in front of them."""
+        if self._resolve(cls) != self.resolved:
+            return False
+        for namespace, get, found in self.below:  # noqa: SIM110 (all() adds a generator)
+            if get(namespace) != found:
+                return False
+        return True
+
+
+# Per class: its finish path when every definition on it was Tornado's own or
+# covered, else None (read at first use; read again when a definition changed).
+_finish_paths: dict[type, Optional[_FinishPath]] = {}
 
 
 def covered_by_one_write(method: _F) -> _F:
     """Mark a toolkit override of a :data:`FINISH_PATH_METHODS` method whose effect
     :func:`send_in_one_write`'s caller reproduces, for a response nothing was written
     to yet. Whoever changes a marked method changes that caller too."""
-    setattr(method, _COVERED_MARK, True)
+    _covered.add(method)
     return method
 
 
 def finishes_in_one_write(cls: type[Handler]) -> bool:
-    """Whether every method on ``finish()``'s path is Tornado's own or a covered one,
-    so that skipping the calls changes nothing.
+    """Whether every definition of a method on ``finish()``'s path, anywhere in the
+    class's MRO (``RequestHandler`` included), is Tornado's own or a covered one, so
+    that skipping the calls changes nothing.
 
-    Decided once per class, at its first small response; whether ``RequestHandler``'s
-    own methods are still Tornado's is checked on every call, as a patch may come at
-    any time.
+    The MRO is read at the class's first small response; every later call checks
+    that none of those definitions was replaced and that none was added in front of
+    them, so a wrapper or a mock patched in at any time is seen. (One added between
+    two definitions, on a base that had none, would not be.) A class found not
+    covered keeps ``finish()``'s path for good, which is always safe.
     """
-    if tuple(map(_HANDLER_ATTRIBUTES.__getitem__, FINISH_PATH_METHODS)) != (
-        _TORNADO_FINISH_FUNCTIONS
-    ):
-        return False
-    known = _finishes_in_one_write.get(cls)
-    if known is None:
-        known = _finishes_in_one_write[cls] = all(
-            getattr(cls, name) is _TORNADO_FINISH_PATH[name]
-            or getattr(getattr(cls, name), _COVERED_MARK, False)
-            for name in FINISH_PATH_METHODS
-        )
-    return known
+    try:
+        path = _finish_paths[cls]
+    except KeyError:
+        path = _read_finish_path(cls)
+    else:
+        if path is not None and not path.unchanged(cls):
+            path = _read_finish_path(cls)
+    return path is not None
+
+
+def _read_finish_path(cls: type) -> Optional[_FinishPath]:
+    path: Optional[_FinishPath] = _FinishPath(cls)
+    if path is not None and not path.all_covered():
+        path = None
+    _finish_paths[cls] = path
+    return path
 
 
 def nothing_written(handler: Handler) -> bool:

@@ -6,6 +6,10 @@ Each case runs on the one-write path and, through a pass-through ``flush``, on
 * ``on_finish()`` raises: the request's children and timers are still cancelled;
 * ``RequestHandler.finish``/``flush``/``write`` wrapped by an application or an
   instrumentation, before the first request or after it: the wrapper runs;
+* an application's override below the toolkit's (``class S(JsonServlet, Audit)``),
+  reached by the toolkit's ``super()`` calls: it runs;
+* a wrapper or a mock on one of the toolkit's own methods, before the first request
+  or after it (``functools.wraps`` copies attributes, a mock answers any): it runs;
 * the client's reset and a backend's answer arrive in the same turn of the loop, so
   the handler answers on a stream Tornado has closed, before the close callback
   ran: the failed write is still the client's departure (``on_disconnect`` runs).
@@ -17,6 +21,7 @@ import asyncio
 import functools
 import socket
 from typing import Any
+from unittest import mock
 
 import pytest
 import tornado.web
@@ -25,11 +30,13 @@ from tornado.httpclient import AsyncHTTPClient
 from tests.support import wait_until
 from tornado_jsonservlet import JsonResponseMixin, JsonServlet, ServletRegistry
 from tornado_jsonservlet import tornado_adapter as tornado_internals
+from tornado_jsonservlet.core.safe_output import SafeWriteMixin
 from tornado_jsonservlet.testing import RawHTTPConnection
 
 pytestmark = pytest.mark.gen_test
 
 CHILDREN: dict[str, asyncio.Task[Any]] = {}
+CALLS: list[str] = []
 RACE: dict[str, Any] = {}
 DISCONNECTS: list[str] = []
 
@@ -73,6 +80,27 @@ class PlainJson(JsonResponseMixin, tornado.web.RequestHandler):
         await self.write_json({"ok": True})
 
 
+class AuditFinish(tornado.web.RequestHandler):
+    """An application's base listed after the toolkit: the toolkit's super().finish()
+    reaches its finish()."""
+
+    def finish(self, chunk: Any = None) -> Any:
+        CALLS.append(type(self).__name__)
+        return super().finish(chunk)
+
+
+class Audited(JsonServlet, AuditFinish):
+    PATTERNS = ("/audited",)
+
+    def on_GET(self) -> Any:
+        return {"ok": True}
+
+
+class AuditedJson(JsonResponseMixin, SafeWriteMixin, AuditFinish):
+    async def get(self) -> None:
+        await self.write_json({"ok": True})
+
+
 class Racy(JsonServlet):
     """Answers when a backend's socket says so."""
 
@@ -94,11 +122,19 @@ class Racy(JsonServlet):
 @pytest.fixture
 def app() -> tornado.web.Application:
     CHILDREN.clear()
+    CALLS.clear()
     registry = ServletRegistry()
-    for servlet in (RaisingOnFinish, Plain, Racy):
+    for servlet in (RaisingOnFinish, Plain, Racy, Audited):
         registry.register(servlet)
         registry.register(through_finish(servlet), ["/finishing" + servlet.PATTERNS[0]])
-    return tornado.web.Application([("/plainjson", PlainJson), *registry.urlspecs(catch_all=False)])
+    return tornado.web.Application(
+        [
+            ("/plainjson", PlainJson),
+            ("/auditedjson", AuditedJson),
+            ("/finishing/auditedjson", through_finish(AuditedJson)),
+            *registry.urlspecs(catch_all=False),
+        ]
+    )
 
 
 @pytest.mark.allow_error_log(r"Uncaught exception", r"on_finish failed")
@@ -133,7 +169,7 @@ async def test_a_wrapper_on_tornados_method_runs(
     """Wrapped before the first request of the class (a fresh process)."""
     calls: list[str] = []
     monkeypatch.setattr(tornado.web.RequestHandler, name, counting(calls, name))
-    monkeypatch.setattr(tornado_internals, "_finishes_in_one_write", {})
+    monkeypatch.setattr(tornado_internals, "_finish_paths", {})
     response = await AsyncHTTPClient().fetch(base_url + path)
     assert response.code == 200
     assert name in calls
@@ -181,3 +217,57 @@ async def test_a_reset_seen_in_the_turn_the_answer_is_written_is_a_disconnect(
         backend.close()
         backend_peer.close()
     assert ["FinishingRacy" if prefix else "Racy"] == DISCONNECTS
+
+
+@pytest.mark.parametrize("prefix", ["", "/finishing"])
+@pytest.mark.parametrize("path", ["/audited", "/auditedjson"])
+async def test_an_application_finish_below_the_toolkits_runs(
+    http_server: Any, base_url: str, prefix: str, path: str
+) -> None:
+    assert (await AsyncHTTPClient().fetch(base_url + prefix + path)).code == 200
+    assert len(CALLS) == 1, CALLS
+
+
+def wrapping(original: Any, *, wraps: bool) -> Any:
+    def wrapper(self: Any, chunk: Any = None) -> Any:
+        CALLS.append("finish")
+        return original(self, chunk)
+
+    return functools.wraps(original)(wrapper) if wraps else wrapper
+
+
+@pytest.mark.parametrize("wraps", [False, True])
+@pytest.mark.parametrize("prefix", ["", "/finishing"])
+async def test_a_wrapper_on_a_toolkit_method_runs_whenever_it_is_patched(
+    http_server: Any, base_url: str, prefix: str, wraps: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert (await AsyncHTTPClient().fetch(base_url + prefix + "/plain")).code == 200
+    monkeypatch.setattr(SafeWriteMixin, "finish", wrapping(SafeWriteMixin.finish, wraps=wraps))
+    assert (await AsyncHTTPClient().fetch(base_url + prefix + "/plain")).code == 200
+    assert CALLS == ["finish"]
+
+
+@pytest.mark.parametrize("prefix", ["", "/finishing"])
+async def test_a_wrapper_on_a_toolkit_method_before_any_request_runs(
+    http_server: Any, base_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tornado_internals, "_finish_paths", {})
+    monkeypatch.setattr(SafeWriteMixin, "finish", wrapping(SafeWriteMixin.finish, wraps=True))
+    assert (await AsyncHTTPClient().fetch(base_url + prefix + "/plain")).code == 200
+    assert CALLS == ["finish"]
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+@pytest.mark.parametrize("prefix", ["", "/finishing"])
+async def test_a_mock_spying_on_finish_is_called(
+    http_server: Any, base_url: str, prefix: str, fresh: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An application's test spying on finish(), before or after other requests."""
+    if fresh:
+        monkeypatch.setattr(tornado_internals, "_finish_paths", {})
+    else:
+        assert (await AsyncHTTPClient().fetch(base_url + prefix + "/plain")).code == 200
+    original = SafeWriteMixin.finish
+    with mock.patch.object(SafeWriteMixin, "finish", autospec=True, side_effect=original) as spy:
+        assert (await AsyncHTTPClient().fetch(base_url + prefix + "/plain")).code == 200
+    assert spy.call_count == 1
