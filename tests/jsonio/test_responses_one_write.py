@@ -21,6 +21,7 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
+from tests.jsonio.conftest import through_finish
 from tests.support import access_lines
 from tornado_jsonservlet import (
     CancelOnDisconnectMixin,
@@ -140,16 +141,6 @@ class JsonOnly(JsonResponseMixin, tornado.web.RequestHandler):
 
     async def get(self) -> None:
         await self.write_json(DOC, 202)
-
-
-def through_finish(cls: type) -> type:
-    """``cls`` with a pass-through ``flush``: it takes ``finish()``'s path."""
-
-    def flush(self: Any, include_footers: bool = False) -> Any:
-        return super(copy, self).flush(include_footers)
-
-    copy = type(f"Finishing{cls.__name__}", (cls,), {"flush": flush, "PATTERNS": ()})
-    return copy
 
 
 SERVLETS = [Plain, Created, Teapot, Touched, Written, LengthByHand, Big, Tagged, Cors]

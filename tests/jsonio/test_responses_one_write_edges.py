@@ -27,6 +27,7 @@ import pytest
 import tornado.web
 from tornado.httpclient import AsyncHTTPClient
 
+from tests.jsonio.conftest import through_finish
 from tests.support import wait_until
 from tornado_jsonservlet import JsonResponseMixin, JsonServlet, ServletRegistry
 from tornado_jsonservlet import tornado_adapter as tornado_internals
@@ -39,16 +40,6 @@ CHILDREN: dict[str, asyncio.Task[Any]] = {}
 CALLS: list[str] = []
 RACE: dict[str, Any] = {}
 DISCONNECTS: list[str] = []
-
-
-def through_finish(cls: type) -> type:
-    """``cls`` with a pass-through ``flush``: it takes ``finish()``'s path."""
-
-    def flush(self: Any, include_footers: bool = False) -> Any:
-        return super(copy, self).flush(include_footers)
-
-    copy = type(f"Finishing{cls.__name__}", (cls,), {"flush": flush, "PATTERNS": ()})
-    return copy
 
 
 async def forever() -> None:
