@@ -239,7 +239,7 @@ class _ServletBase(
         if signature.typed:
             params.update(signature.bind(self, self._jsonservlet_validation_status()))
         state.returns = signature.returns
-        result = target(**params)
+        result = target(**params) if params else target()
         if type(result) is types.CoroutineType or (
             type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result)
         ):
