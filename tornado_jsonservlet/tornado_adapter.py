@@ -139,6 +139,11 @@ class RequestLifecycle(tornado.web.RequestHandler):
     request.
     """
 
+    #: The request's scope (``core.scope.SCOPE_ATTRIBUTE``), None on the class: read
+    #: on a handler before its scope exists, it is found here, never in an
+    #: application's ``__getattr__``.
+    _tornado_jsonservlet_scope = None
+
     async def _execute(
         self, transforms: list[tornado.web.OutputTransform], *args: bytes, **kwargs: bytes
     ) -> None:

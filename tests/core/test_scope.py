@@ -8,6 +8,7 @@ generic ones, are set by this handler's ``initialize()``; everything must still 
 from __future__ import annotations
 
 import asyncio
+from typing import Any, ClassVar
 
 import pytest
 import tornado.web
@@ -141,11 +142,32 @@ class Reasons(CancelOnDisconnectMixin, tornado.web.RequestHandler):
         self.probe.finished.set()
 
 
+class WithAttributeHooks(Everything):
+    """An application whose handlers compute some attributes and watch every write:
+    the scope is none of their business, and neither hook may see it."""
+
+    asked: ClassVar[list[str]] = []
+    assigned: ClassVar[list[str]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        # A lazy attribute or a legacy alias, as applications have; Tornado itself
+        # probes for missing attributes (hasattr), so anything else is refused.
+        WithAttributeHooks.asked.append(name)
+        if name == "legacy_name":
+            return "lazy"
+        raise AttributeError(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        WithAttributeHooks.assigned.append(name)
+        super().__setattr__(name, value)
+
+
 @pytest.fixture
 def app(probe: Probe) -> tornado.web.Application:
     return tornado.web.Application(
         [
             ("/all", Everything, {"probe": probe}),
+            ("/hooks", WithAttributeHooks, {"probe": probe}),
             ("/plain", Plain, {"probe": probe}),
             ("/r", Reasons, {"probe": probe}),
         ],
@@ -239,3 +261,48 @@ def test_toolkit_classes_take_no_private_name_an_application_could_pick() -> Non
                     continue
                 offenders.append(f"{klass.__qualname__}.{name}")
     assert not offenders, sorted(set(offenders))
+
+
+async def test_an_applications_attribute_hooks_never_see_the_scope(http_client, base_url, probe):
+    WithAttributeHooks.asked.clear()
+    WithAttributeHooks.assigned.clear()
+    for _ in range(2):
+        response = await http_client.fetch(f"{base_url}/hooks", headers={"X-Request-ID": "r-1"})
+        assert response.code == 200
+        assert response.body == b'{"id":"r-1","last":null}'
+    bad = await http_client.fetch(
+        f"{base_url}/hooks",
+        method="POST",
+        body=b"{",
+        raise_error=False,
+        headers={"Content-Type": "application/json"},
+    )
+    assert bad.code == 400
+    assert SCOPE_ATTRIBUTE not in WithAttributeHooks.asked
+    assert SCOPE_ATTRIBUTE not in WithAttributeHooks.assigned
+    assert "probe" in WithAttributeHooks.assigned  # the hook did run, for the user's own
+
+
+def test_every_public_mixin_declares_the_scope_on_the_class() -> None:
+    """A handler's scope is read before it exists; found on the class as None, the
+    read never reaches an application's __getattr__ (nor builds the instance's
+    __dict__, which would slow every attribute access on the handler)."""
+    import tornado_jsonservlet
+
+    handler_classes = [
+        getattr(tornado_jsonservlet, name)
+        for name in tornado_jsonservlet.__all__
+        if isinstance(getattr(tornado_jsonservlet, name), type)
+        and issubclass(getattr(tornado_jsonservlet, name), tornado.web.RequestHandler)
+        and name != "MetricsHandler"  # serves the metrics; no scope of its own
+    ]
+    assert len(handler_classes) > 10
+    missing = [
+        cls.__name__ for cls in handler_classes if SCOPE_ATTRIBUTE not in _class_attributes(cls)
+    ]
+    assert not missing
+    assert all(getattr(cls, SCOPE_ATTRIBUTE) is None for cls in handler_classes)
+
+
+def _class_attributes(cls: type) -> set[str]:
+    return {name for klass in cls.__mro__ for name in vars(klass)}

@@ -31,10 +31,13 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 if TYPE_CHECKING:
     import tornado.web
 
-__all__ = ["SCOPE_ATTRIBUTE", "OwnedWork", "RequestScope", "scope_of"]
+__all__ = ["SCOPE_ATTRIBUTE", "SCOPE_DEFAULT", "OwnedWork", "RequestScope", "scope_of"]
 
 #: The one attribute the toolkit sets on a handler.
 SCOPE_ATTRIBUTE = "_tornado_jsonservlet_scope"
+#: Its value on the toolkit's mixin classes (``_tornado_jsonservlet_scope = None``
+#: in their bodies): a handler has no scope until :func:`scope_of` makes one.
+SCOPE_DEFAULT = None
 
 OwnedWork = Union[asyncio.TimerHandle, "asyncio.Task[Any]"]
 
@@ -148,8 +151,15 @@ def scope_of(handler: tornado.web.RequestHandler) -> RequestScope:
     Any toolkit mixin may be used alone, so none can count on another having
     created the scope: whichever asks first creates it.
     """
-    state = handler.__dict__
-    scope: Optional[RequestScope] = state.get(SCOPE_ATTRIBUTE)
-    if scope is None:
-        scope = state[SCOPE_ATTRIBUTE] = RequestScope()
+    # An attribute read, not handler.__dict__: asking an instance for its __dict__
+    # makes CPython 3.11+ build one, after which every attribute access on the
+    # handler (the application's too) is a dict look-up instead of a slot of
+    # the instance's inline values. The toolkit's mixins declare the attribute
+    # as None on the class (SCOPE_DEFAULT), so the read never reaches an
+    # application's __getattr__; anything else such a hook makes up is ignored.
+    scope = getattr(handler, SCOPE_ATTRIBUTE, None)
+    if type(scope) is not RequestScope:
+        scope = RequestScope()
+        # Past an application's __setattr__, as the scope is none of its business.
+        object.__setattr__(handler, SCOPE_ATTRIBUTE, scope)
     return scope

@@ -22,6 +22,7 @@ import tornado.web
 
 from tornado_jsonservlet import tornado_adapter as tornado_internals
 from tornado_jsonservlet.core.headers import header_or_none, is_token
+from tornado_jsonservlet.core.scope import SCOPE_DEFAULT
 
 __all__ = ["CorsMixin"]
 
@@ -94,6 +95,9 @@ class CorsMixin(tornado.web.RequestHandler):
 
     .. versionadded:: 0.1
     """
+
+    #: The request's scope, None until it exists (``core.scope.SCOPE_DEFAULT``).
+    _tornado_jsonservlet_scope = SCOPE_DEFAULT
 
     cors_allow_origins: Collection[str] = ()
     cors_allow_credentials: bool = False

@@ -20,7 +20,7 @@ from tornado_jsonservlet.core.headers import (
     parse_content_length,
     parse_media_type,
 )
-from tornado_jsonservlet.core.scope import scope_of
+from tornado_jsonservlet.core.scope import SCOPE_DEFAULT, scope_of
 from tornado_jsonservlet.errors.exceptions import (
     BadRequest,
     PayloadTooLarge,
@@ -71,6 +71,9 @@ class JsonBodyMixin(tornado.web.RequestHandler):
 
     .. versionadded:: 0.1
     """
+
+    #: The request's scope, None until it exists (``core.scope.SCOPE_DEFAULT``).
+    _tornado_jsonservlet_scope = SCOPE_DEFAULT
 
     #: Largest accepted body, in bytes.
     json_body_limit: int = 1024 * 1024

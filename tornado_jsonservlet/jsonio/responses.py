@@ -35,7 +35,7 @@ import tornado.web
 
 from tornado_jsonservlet import tornado_adapter as tornado_internals
 from tornado_jsonservlet.core.safe_output import SafeWriteMixin
-from tornado_jsonservlet.core.scope import scope_of
+from tornado_jsonservlet.core.scope import SCOPE_DEFAULT, scope_of
 from tornado_jsonservlet.jsonio.bodies import JsonBodyMixin, require
 from tornado_jsonservlet.jsonio.codec import JSON_CONTENT_TYPE, encode
 from tornado_jsonservlet.jsonio.lane import LowPriorityLane, lane_for_running_loop
@@ -208,6 +208,9 @@ class JsonResponseMixin(tornado.web.RequestHandler):
 
     .. versionadded:: 0.1
     """
+
+    #: The request's scope, None until it exists (``core.scope.SCOPE_DEFAULT``).
+    _tornado_jsonservlet_scope = SCOPE_DEFAULT
 
     #: Documents estimated above this many bytes are encoded in slices.
     json_slice_threshold: int = 64 * 1024

@@ -77,6 +77,7 @@ from tornado_jsonservlet.routing.signatures import (
     METHOD_ATTRIBUTES,
     method_attribute,
     signature_of,
+    signature_of_function,
 )
 
 __all__ = [
@@ -231,11 +232,22 @@ class _ServletBase(
         if state.xsrf_check_due:
             state.xsrf_check_due = False
             self.check_xsrf_cookie()
-        target = getattr(self, METHOD_ATTRIBUTES.get(method) or f"on_{method}", None)
+        attribute = METHOD_ATTRIBUTES.get(method) or f"on_{method}"
+        target = getattr(self, attribute, None)
         if target is None:
             raise MethodNotAllowed(self.allowed_methods)
-        params = self._jsonservlet_convert_params(raw_params)
-        signature = signature_of(type(self), method, raw_params.keys(), self.servlet_name)
+        cls = type(self)
+        if raw_params:
+            params = self._jsonservlet_convert_params(raw_params)
+            signature = signature_of(cls, method, raw_params.keys(), self.servlet_name)
+        else:
+            # A pattern without parameters (the common case): the path check of
+            # _jsonservlet_convert_params, and the signature by its cache key.
+            _check_path(self.request.path)
+            params = {}
+            signature = signature_of_function(
+                cls, method, getattr(cls, attribute, None), (), self.servlet_name
+            )
         if signature.typed:
             params.update(signature.bind(self, self._jsonservlet_validation_status()))
         state.returns = signature.returns
@@ -270,12 +282,7 @@ class _ServletBase(
         return int(status)
 
     def _jsonservlet_convert_params(self, raw_params: Mapping[str, str]) -> dict[str, Any]:
-        path = self.request.path
-        if not _PRINTABLE_ASCII.fullmatch(path):
-            # Tornado reads the request line as Latin-1 and re-encodes it as UTF-8
-            # when decoding parameters, so a raw non-ASCII byte would reach the
-            # servlet as mojibake. Clients percent-encode; anything else is refused.
-            raise BadRequest("The request path must be ASCII; percent-encode other characters")
+        _check_path(self.request.path)
         if not raw_params:
             return {}
         route: ServletRoute = scope_of(self).servlet.route
@@ -372,6 +379,17 @@ class _ServletBase(
                 self.get_status(),
                 self.request.request_time(),
             )
+
+
+def _check_path(path: str) -> None:
+    """Refuse a request path that is not printable ASCII.
+
+    Tornado reads the request line as Latin-1 and re-encodes it as UTF-8 when
+    decoding parameters, so a raw non-ASCII byte would reach the servlet as
+    mojibake. Clients percent-encode; anything else is refused.
+    """
+    if not _PRINTABLE_ASCII.fullmatch(path):
+        raise BadRequest("The request path must be ASCII; percent-encode other characters")
 
 
 # Results that are never awaitable: checked by type first, which costs less than

@@ -62,6 +62,7 @@ __all__ = [
     "is_structured",
     "method_attribute",
     "signature_of",
+    "signature_of_function",
     "uses_pydantic",
 ]
 
@@ -445,10 +446,18 @@ def signature_of(
     """
     fn = getattr(servlet, METHOD_ATTRIBUTES.get(method) or f"on_{method}")
     names = tuple(sorted(path_names)) if path_names else ()
-    key = (servlet, method, fn, names)
+    return signature_of_function(servlet, method, fn, names, label)
+
+
+def signature_of_function(
+    servlet: type, method: str, fn: Any, path_names: tuple[str, ...], label: Optional[str] = None
+) -> MethodSignature:
+    """:func:`signature_of`, for the function ``fn`` that ``servlet.on_<method>``
+    resolves to and the sorted ``path_names``: one dict lookup once cached."""
+    key = (servlet, method, fn, path_names)
     found = _CACHE.get(key)
     if found is None:
-        found = _CACHE[key] = _read(servlet, method, fn, names, label or servlet.__name__)
+        found = _CACHE[key] = _read(servlet, method, fn, path_names, label or servlet.__name__)
     return found
 
 
