@@ -97,6 +97,7 @@ __all__ = [
     "request_summary",
     "reset_response",
     "response_headers",
+    "route_info",
     "route_without_body",
     "send_in_one_write",
     "stream_request_body_when_sent",
@@ -544,17 +545,34 @@ class TemplatePathMatches(PathMatches):
     #: True when the route's handler class streams only requests that have a body
     #: (:func:`stream_request_body_when_sent`): the match tells it which.
     routes_by_body = False
+    #: What the route tells the handler it leads to (a servlet's route), or None:
+    #: left on the matched request for :func:`route_info`. Through the request
+    #: rather than the rule's handler kwargs, which Tornado would otherwise pass
+    #: down every ``__init__`` of the handler's classes and into ``initialize()``.
+    route_info: Any = None
 
     def match(self, request: tornado.httputil.HTTPServerRequest) -> Optional[dict[str, Any]]:
         found = super().match(request)
-        if found is not None and self.routes_by_body:
-            route_without_body(request)
+        if found is not None:
+            if self.routes_by_body:
+                route_without_body(request)
+            if self.route_info is not None:
+                setattr(request, _ROUTE_INFO, self.route_info)
         return found
 
     def _find_groups(self) -> tuple[Optional[str], Optional[int]]:
         if self.route_template is not None:
             return self.route_template, 0
         return super()._find_groups()
+
+
+_ROUTE_INFO = "_tornado_jsonservlet_route"
+
+
+def route_info(request: tornado.httputil.HTTPServerRequest) -> Any:
+    """What the :class:`TemplatePathMatches` that matched ``request`` tells its
+    handler (its ``route_info``), or None."""
+    return getattr(request, _ROUTE_INFO, None)
 
 
 # -- streamed uploads ---------------------------------------------------------------

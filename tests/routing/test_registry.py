@@ -11,7 +11,10 @@ import uuid
 from typing import Any
 
 import pytest
+import tornado.httpclient
+import tornado.httpserver
 import tornado.httputil
+import tornado.netutil
 import tornado.web
 
 from tests.support import Probe, access_statuses, settle
@@ -20,6 +23,7 @@ from tornado_jsonservlet import (
     InMemoryMetrics,
     JsonServlet,
     NotFound,
+    ServletMetrics,
     ServletRegistry,
     cancellable,
     uncancellable,
@@ -715,3 +719,61 @@ async def test_malformed_form_body_is_a_400_not_a_500(http_client, base_url):
     )
     assert response.code in (400, 415)
     assert body(response)["errcode"] in ("BAD_REQUEST", "UNSUPPORTED_MEDIA_TYPE")
+
+
+# -- the route reaches its servlet through the request --------------------------------
+
+
+class _Counting(ServletMetrics):
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, int]] = []
+
+    def observe(self, servlet: str, method: str, status: int, seconds: float) -> None:
+        self.seen.append((servlet, method, status))
+
+
+class ItemKind(JsonServlet):
+    def initialize(self, label: str = "none") -> None:
+        self.label = label
+
+    def on_GET(self, n: Any) -> Any:
+        return {"type": type(n).__name__, "label": self.label}
+
+
+@pytest.mark.gen_test
+async def test_one_servlet_in_two_registries_gets_each_routes_own_converters_and_metrics() -> None:
+    counted = _Counting()
+    typed = ServletRegistry(metrics=counted)
+    typed.register(ItemKind, ["/items/{n:int}"], label="typed")
+    plain = ServletRegistry()
+    plain.register(ItemKind, ["/items/{n}"])
+    raw = ServletRegistry()
+    raw.register(ItemKind, [r"/raw/(?P<n>[0-9]+)"], label="raw")
+    app = tornado.web.Application(
+        typed.urlspecs(prefix="/a") + plain.urlspecs(prefix="/b") + raw.urlspecs(prefix="/c")
+    )
+    server = tornado.httpserver.HTTPServer(app)
+    [sock] = tornado.netutil.bind_sockets(0, "127.0.0.1")
+    server.add_sockets([sock])
+    client = tornado.httpclient.AsyncHTTPClient()
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        answers = []
+        for path in ("/a/items/7", "/b/items/7", "/a/items/8", "/c/raw/9"):
+            response = await client.fetch(base + path, raise_error=False)
+            answers.append((response.code, json.loads(response.body)))
+        missing = await client.fetch(base + "/a/nothing", raise_error=False)
+    finally:
+        server.stop()
+    assert answers == [
+        (200, {"type": "int", "label": "typed"}),
+        (200, {"type": "str", "label": "none"}),
+        (200, {"type": "int", "label": "typed"}),
+        (200, {"type": "str", "label": "raw"}),
+    ]
+    assert missing.code == 404
+    assert counted.seen == [
+        ("ItemKind", "GET", 200),
+        ("ItemKind", "GET", 200),
+        ("unrecognized", "GET", 404),
+    ]

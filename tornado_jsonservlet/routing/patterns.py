@@ -444,16 +444,25 @@ class TemplateMatches(tornado_internals.TemplatePathMatches):
 
 
 class TemplateURLSpec(URLSpec):
-    """A ``URLSpec`` whose reverse URL is encoded per converter."""
+    """A ``URLSpec`` whose reverse URL is encoded per converter (for a pattern
+    compiled from a template: ``pieces``), and whose matcher hands ``route_info``
+    to the handler through the request (see ``tornado_adapter.route_info``)."""
 
     def __init__(
         self,
         pattern: str,
         handler: Any,
         kwargs: dict[str, Any],
-        name: str,
-        pieces: tuple[_Piece, ...],
+        name: Optional[str],
+        pieces: Optional[tuple[_Piece, ...]],
+        route_info: Any = None,
     ) -> None:
         super().__init__(pattern, handler, kwargs, name)
-        self.matcher = TemplateMatches(self.regex, name, pieces)
-        self.matcher.routes_by_body = tornado_internals.streams_only_sent_bodies(self.target)
+        matcher = (
+            TemplateMatches(self.regex, name or "route", pieces)
+            if pieces is not None
+            else tornado_internals.TemplatePathMatches(self.regex)
+        )
+        matcher.routes_by_body = tornado_internals.streams_only_sent_bodies(self.target)
+        matcher.route_info = route_info
+        self.matcher = matcher

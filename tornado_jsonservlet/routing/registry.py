@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, TypeVar, Union, overload
 
 import tornado.web
-from tornado.routing import Matcher, Rule, URLSpec
+from tornado.routing import Matcher, Rule
 
 from tornado_jsonservlet.errors.exceptions import NotFound
 from tornado_jsonservlet.jsonio.codec import DECIMAL_FORMATS
@@ -51,7 +51,6 @@ from tornado_jsonservlet.routing.patterns import (
     literal_regex,
 )
 from tornado_jsonservlet.routing.servlets import (
-    ROUTE_KWARG,
     SERVLET_METHODS,
     JsonServlet,
     ServletRoute,
@@ -350,20 +349,21 @@ class ServletRegistry:
                 metrics=self.metrics,
             )
             regex = f"^{escaped}{endpoint.compiled.regex}$"
-            kwargs = {ROUTE_KWARG: route, **endpoint.init_kwargs}
             pieces = endpoint.compiled.pieces
-            if pieces is None:
-                specs.append(URLSpec(regex, endpoint.servlet, kwargs, name=endpoint.name))
-            else:
-                specs.append(
-                    TemplateURLSpec(
-                        regex, endpoint.servlet, kwargs, endpoint.name, (encoded_prefix, *pieces)
-                    )
+            specs.append(
+                TemplateURLSpec(
+                    regex,
+                    endpoint.servlet,
+                    dict(endpoint.init_kwargs),
+                    endpoint.name,
+                    None if pieces is None else (encoded_prefix, *pieces),
+                    route,
                 )
+            )
         if catch_all:
             route = ServletRoute(pattern=f"{prefix}/*", metrics=self.metrics)
             specs.append(
-                URLSpec(f"^{escaped}(?:/.*)?$", _UnrecognizedServlet, {ROUTE_KWARG: route})
+                TemplateURLSpec(f"^{escaped}(?:/.*)?$", _UnrecognizedServlet, {}, None, None, route)
             )
         return specs
 

@@ -175,8 +175,12 @@ class _ServletBase(
         request: tornado.httputil.HTTPServerRequest,
         **kwargs: Any,
     ) -> None:
-        route = kwargs.pop(ROUTE_KWARG, None)
-        scope_of(self).servlet = _ServletState(route or _NO_ROUTE)
+        # The registry's matcher left the route on the request; a rule built by hand
+        # may still pass it as a keyword argument.
+        route = kwargs.pop(ROUTE_KWARG, None) if kwargs else None
+        scope_of(self).servlet = _ServletState(
+            route or tornado_internals.route_info(request) or _NO_ROUTE
+        )
         super().__init__(application, request, **kwargs)
 
     # -- dispatch ----------------------------------------------------------------
