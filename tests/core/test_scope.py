@@ -11,6 +11,9 @@ import asyncio
 from typing import Any, ClassVar
 
 import pytest
+import tornado.httpclient
+import tornado.httpserver
+import tornado.netutil
 import tornado.web
 
 from tests.support import Probe, access_statuses, wait_until
@@ -25,6 +28,7 @@ from tornado_jsonservlet import (
     LeanResponseMixin,
     RequestIdMixin,
 )
+from tornado_jsonservlet.core.connection import abort_response
 from tornado_jsonservlet.core.scope import SCOPE_ATTRIBUTE
 from tornado_jsonservlet.testing import RawHTTPConnection
 
@@ -306,3 +310,39 @@ def test_every_public_mixin_declares_the_scope_on_the_class() -> None:
 
 def _class_attributes(cls: type) -> set[str]:
     return {name for klass in cls.__mro__ for name in vars(klass)}
+
+
+class PlainWithHook(tornado.web.RequestHandler):
+    """No toolkit mixin: a plain handler given to one of the toolkit's helpers."""
+
+    asked: ClassVar[list[str]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        PlainWithHook.asked.append(name)
+        raise AttributeError(name)
+
+    def get(self) -> None:
+        self.write("partial")
+        self.flush()
+        abort_response(self)
+
+
+@pytest.fixture
+def plain_app() -> tornado.web.Application:
+    return tornado.web.Application([(r"/", PlainWithHook)])
+
+
+async def test_a_plain_handlers_getattr_never_sees_the_scope(plain_app, port):
+    server = tornado.httpserver.HTTPServer(plain_app)
+    [sock] = tornado.netutil.bind_sockets(0, "127.0.0.1")
+    server.add_sockets([sock])
+    PlainWithHook.asked.clear()
+    try:
+        with pytest.raises(tornado.httpclient.HTTPClientError):
+            await tornado.httpclient.AsyncHTTPClient().fetch(
+                f"http://127.0.0.1:{sock.getsockname()[1]}/"
+            )
+    finally:
+        server.stop()
+    assert PlainWithHook.asked  # the hook is live: Tornado itself probes through it
+    assert SCOPE_ATTRIBUTE not in PlainWithHook.asked

@@ -777,3 +777,34 @@ async def test_one_servlet_in_two_registries_gets_each_routes_own_converters_and
         ("ItemKind", "GET", 200),
         ("unrecognized", "GET", 404),
     ]
+
+
+@pytest.mark.gen_test
+async def test_rules_rebuilt_from_urlspecs_keep_their_route() -> None:
+    """An application that rebuilds each rule (to wrap its handler in a subclass,
+    say) gets the same converters and metrics as with the registry's own rules."""
+
+    def wrapped(cls: type) -> type:
+        return type(cls.__name__, (cls,), {"servlet_name": cls.servlet_name})
+
+    counted = _Counting()
+    registry = ServletRegistry(metrics=counted)
+    registry.register(ItemKind, ["/items/{n:int}"], label="typed")
+    rules = [
+        tornado.web.URLSpec(spec.regex.pattern, wrapped(spec.handler_class), spec.kwargs, spec.name)
+        for spec in registry.urlspecs(prefix="/api")
+    ]
+    server = tornado.httpserver.HTTPServer(tornado.web.Application(rules))
+    [sock] = tornado.netutil.bind_sockets(0, "127.0.0.1")
+    server.add_sockets([sock])
+    client = tornado.httpclient.AsyncHTTPClient()
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        response = await client.fetch(base + "/api/items/7")
+        missing = await client.fetch(base + "/api/nothing", raise_error=False)
+    finally:
+        server.stop()
+    assert json.loads(response.body) == {"type": "int", "label": "typed"}
+    assert missing.code == 404
+    assert b'"errcode":"UNRECOGNIZED"' in missing.body
+    assert counted.seen == [("ItemKind", "GET", 200), ("unrecognized", "GET", 404)]

@@ -151,15 +151,23 @@ def scope_of(handler: tornado.web.RequestHandler) -> RequestScope:
     Any toolkit mixin may be used alone, so none can count on another having
     created the scope: whichever asks first creates it.
     """
-    # An attribute read, not handler.__dict__: asking an instance for its __dict__
-    # makes CPython 3.11+ build one, after which every attribute access on the
-    # handler (the application's too) is a dict look-up instead of a slot of
-    # the instance's inline values. The toolkit's mixins declare the attribute
-    # as None on the class (SCOPE_DEFAULT), so the read never reaches an
-    # application's __getattr__; anything else such a hook makes up is ignored.
-    scope = getattr(handler, SCOPE_ATTRIBUTE, None)
-    if type(scope) is not RequestScope:
+    # A generic attribute read, not handler.__dict__: asking an instance for its
+    # __dict__ makes CPython 3.11+ build one, after which every attribute access on
+    # the handler (the application's too) is a dict look-up instead of a slot of
+    # the instance's inline values. object.__getattribute__ never reaches an
+    # application's __getattribute__ or __getattr__. The toolkit's mixins declare
+    # the attribute as None on the class (SCOPE_DEFAULT), so the read finds it;
+    # a plain handler given to a helper (abort_response) raises here once.
+    try:
+        scope: Optional[RequestScope] = _generic_getattr(handler, SCOPE_ATTRIBUTE)
+    except AttributeError:
+        scope = None
+    if scope is None:
         scope = RequestScope()
         # Past an application's __setattr__, as the scope is none of its business.
-        object.__setattr__(handler, SCOPE_ATTRIBUTE, scope)
+        _generic_setattr(handler, SCOPE_ATTRIBUTE, scope)
     return scope
+
+
+_generic_getattr = object.__getattribute__
+_generic_setattr = object.__setattr__

@@ -56,6 +56,7 @@ from tornado_jsonservlet.routing.servlets import (
     ServletRoute,
     implemented_methods,
     is_servlet,
+    remember_route,
 )
 from tornado_jsonservlet.routing.signatures import check_servlet_class, signature_of
 
@@ -350,21 +351,23 @@ class ServletRegistry:
             )
             regex = f"^{escaped}{endpoint.compiled.regex}$"
             pieces = endpoint.compiled.pieces
-            specs.append(
-                TemplateURLSpec(
-                    regex,
-                    endpoint.servlet,
-                    dict(endpoint.init_kwargs),
-                    endpoint.name,
-                    None if pieces is None else (encoded_prefix, *pieces),
-                    route,
-                )
+            spec = TemplateURLSpec(
+                regex,
+                endpoint.servlet,
+                dict(endpoint.init_kwargs),
+                endpoint.name,
+                None if pieces is None else (encoded_prefix, *pieces),
+                route,
             )
+            remember_route(endpoint.servlet, spec.regex, route)
+            specs.append(spec)
         if catch_all:
             route = ServletRoute(pattern=f"{prefix}/*", metrics=self.metrics)
-            specs.append(
-                TemplateURLSpec(f"^{escaped}(?:/.*)?$", _UnrecognizedServlet, {}, None, None, route)
+            spec = TemplateURLSpec(
+                f"^{escaped}(?:/.*)?$", _UnrecognizedServlet, {}, None, None, route
             )
+            remember_route(_UnrecognizedServlet, spec.regex, route)
+            specs.append(spec)
         return specs
 
     def _check_settings(self, settings: Optional[Mapping[str, Any]]) -> None:

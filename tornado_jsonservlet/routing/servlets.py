@@ -87,6 +87,7 @@ __all__ = [
     "ServletRoute",
     "implemented_methods",
     "is_servlet",
+    "remember_route",
 ]
 
 #: The methods a servlet implements as ``on_<METHOD>``.
@@ -134,6 +135,30 @@ class _ServletState:
 
 _NO_ROUTE = ServletRoute(pattern="")
 
+# Every route a registry built, by the servlet class it leads to and the rule's
+# regex, latest last: for a rule an application rebuilt from a registry's URLSpec
+# (to wrap the handler class in a subclass, say), whose matcher does not hand the
+# route over. When rules of several registries lead one class to matching regexes,
+# the latest urlspecs() call's route is taken.
+_routes_by_servlet: dict[type, dict[str, tuple[re.Pattern[str], ServletRoute]]] = {}
+
+
+def remember_route(servlet: type, regex: re.Pattern[str], route: ServletRoute) -> None:
+    """Record that rules matching ``regex`` lead to ``servlet`` with ``route``."""
+    routes = _routes_by_servlet.setdefault(servlet, {})
+    routes.pop(regex.pattern, None)  # re-inserted last: the latest wins
+    routes[regex.pattern] = (regex, route)
+
+
+def _remembered_route(cls: type, path: str) -> Optional[ServletRoute]:
+    for klass in cls.__mro__:
+        routes = _routes_by_servlet.get(klass)
+        if routes:
+            for regex, route in reversed(routes.values()):
+                if regex.match(path):
+                    return route
+    return None
+
 
 @tornado_internals.stream_request_body_when_sent
 class _ServletBase(
@@ -176,11 +201,15 @@ class _ServletBase(
         **kwargs: Any,
     ) -> None:
         # The registry's matcher left the route on the request; a rule built by hand
-        # may still pass it as a keyword argument.
-        route = kwargs.pop(ROUTE_KWARG, None) if kwargs else None
-        scope_of(self).servlet = _ServletState(
-            route or tornado_internals.route_info(request) or _NO_ROUTE
+        # may still pass it as a keyword argument, and a rule rebuilt from a
+        # registry's URLSpec (same regex, another matcher) finds it by its regex.
+        route = (
+            (kwargs.pop(ROUTE_KWARG, None) if kwargs else None)
+            or tornado_internals.route_info(request)
+            or _remembered_route(type(self), request.path)
+            or _NO_ROUTE
         )
+        scope_of(self).servlet = _ServletState(route)
         super().__init__(application, request, **kwargs)
 
     # -- dispatch ----------------------------------------------------------------
@@ -250,7 +279,7 @@ class _ServletBase(
             _check_path(self.request.path)
             params = {}
             signature = signature_of_function(
-                cls, method, getattr(cls, attribute, None), (), self.servlet_name
+                cls, method, getattr(cls, attribute), (), self.servlet_name
             )
         if signature.typed:
             params.update(signature.bind(self, self._jsonservlet_validation_status()))
