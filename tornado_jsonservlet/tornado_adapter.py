@@ -143,7 +143,7 @@ class RequestLifecycle(tornado.web.RequestHandler):
     #: The request's scope (``core.scope.SCOPE_ATTRIBUTE``), None on the class: read
     #: on a handler before its scope exists, it is found here, never in an
     #: application's ``__getattr__``.
-    _tornado_jsonservlet_scope = None
+    _tornado_jsonservlet_scope: Any = None
 
     async def _execute(
         self, transforms: list[tornado.web.OutputTransform], *args: bytes, **kwargs: bytes

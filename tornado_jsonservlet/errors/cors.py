@@ -97,7 +97,7 @@ class CorsMixin(tornado.web.RequestHandler):
     """
 
     #: The request's scope, None until it exists (``core.scope.SCOPE_DEFAULT``).
-    _tornado_jsonservlet_scope = SCOPE_DEFAULT
+    _tornado_jsonservlet_scope: Any = SCOPE_DEFAULT
 
     cors_allow_origins: Collection[str] = ()
     cors_allow_credentials: bool = False

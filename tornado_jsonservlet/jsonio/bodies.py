@@ -73,7 +73,7 @@ class JsonBodyMixin(tornado.web.RequestHandler):
     """
 
     #: The request's scope, None until it exists (``core.scope.SCOPE_DEFAULT``).
-    _tornado_jsonservlet_scope = SCOPE_DEFAULT
+    _tornado_jsonservlet_scope: Any = SCOPE_DEFAULT
 
     #: Largest accepted body, in bytes.
     json_body_limit: int = 1024 * 1024

@@ -210,7 +210,7 @@ class JsonResponseMixin(tornado.web.RequestHandler):
     """
 
     #: The request's scope, None until it exists (``core.scope.SCOPE_DEFAULT``).
-    _tornado_jsonservlet_scope = SCOPE_DEFAULT
+    _tornado_jsonservlet_scope: Any = SCOPE_DEFAULT
 
     #: Documents estimated above this many bytes are encoded in slices.
     json_slice_threshold: int = 64 * 1024
