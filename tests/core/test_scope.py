@@ -332,7 +332,7 @@ def plain_app() -> tornado.web.Application:
     return tornado.web.Application([(r"/", PlainWithHook)])
 
 
-async def test_a_plain_handlers_getattr_never_sees_the_scope(plain_app, port):
+async def test_a_plain_handlers_getattr_never_sees_the_scope(plain_app):
     server = tornado.httpserver.HTTPServer(plain_app)
     [sock] = tornado.netutil.bind_sockets(0, "127.0.0.1")
     server.add_sockets([sock])

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import functools
 import inspect
 import json
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -740,6 +742,23 @@ class ItemKind(JsonServlet):
         return {"type": type(n).__name__, "label": self.label}
 
 
+@contextlib.asynccontextmanager
+async def _served(
+    rules: list[Any],
+) -> AsyncIterator[Callable[[str], Awaitable[tornado.httpclient.HTTPResponse]]]:
+    """An application of its own on loopback (the module's ``app`` fixture is
+    another): yields a fetch of a path that returns error responses too."""
+    server = tornado.httpserver.HTTPServer(tornado.web.Application(rules))
+    [sock] = tornado.netutil.bind_sockets(0, "127.0.0.1")
+    server.add_sockets([sock])
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    client = tornado.httpclient.AsyncHTTPClient()
+    try:
+        yield lambda path: client.fetch(base + path, raise_error=False)
+    finally:
+        server.stop()
+
+
 @pytest.mark.gen_test
 async def test_one_servlet_in_two_registries_gets_each_routes_own_converters_and_metrics() -> None:
     counted = _Counting()
@@ -749,22 +768,13 @@ async def test_one_servlet_in_two_registries_gets_each_routes_own_converters_and
     plain.register(ItemKind, ["/items/{n}"])
     raw = ServletRegistry()
     raw.register(ItemKind, [r"/raw/(?P<n>[0-9]+)"], label="raw")
-    app = tornado.web.Application(
-        typed.urlspecs(prefix="/a") + plain.urlspecs(prefix="/b") + raw.urlspecs(prefix="/c")
-    )
-    server = tornado.httpserver.HTTPServer(app)
-    [sock] = tornado.netutil.bind_sockets(0, "127.0.0.1")
-    server.add_sockets([sock])
-    client = tornado.httpclient.AsyncHTTPClient()
-    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    try:
+    rules = typed.urlspecs(prefix="/a") + plain.urlspecs(prefix="/b") + raw.urlspecs(prefix="/c")
+    async with _served(rules) as fetch_path:
         answers = []
         for path in ("/a/items/7", "/b/items/7", "/a/items/8", "/c/raw/9"):
-            response = await client.fetch(base + path, raise_error=False)
+            response = await fetch_path(path)
             answers.append((response.code, json.loads(response.body)))
-        missing = await client.fetch(base + "/a/nothing", raise_error=False)
-    finally:
-        server.stop()
+        missing = await fetch_path("/a/nothing")
     assert answers == [
         (200, {"type": "int", "label": "typed"}),
         (200, {"type": "str", "label": "none"}),
@@ -794,16 +804,10 @@ async def test_rules_rebuilt_from_urlspecs_keep_their_route() -> None:
         tornado.web.URLSpec(spec.regex.pattern, wrapped(spec.handler_class), spec.kwargs, spec.name)
         for spec in registry.urlspecs(prefix="/api")
     ]
-    server = tornado.httpserver.HTTPServer(tornado.web.Application(rules))
-    [sock] = tornado.netutil.bind_sockets(0, "127.0.0.1")
-    server.add_sockets([sock])
-    client = tornado.httpclient.AsyncHTTPClient()
-    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    try:
-        response = await client.fetch(base + "/api/items/7")
-        missing = await client.fetch(base + "/api/nothing", raise_error=False)
-    finally:
-        server.stop()
+    async with _served(rules) as fetch_path:
+        response = await fetch_path("/api/items/7")
+        missing = await fetch_path("/api/nothing")
+    assert response.code == 200
     assert json.loads(response.body) == {"type": "int", "label": "typed"}
     assert missing.code == 404
     assert b'"errcode":"UNRECOGNIZED"' in missing.body
