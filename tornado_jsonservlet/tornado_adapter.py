@@ -36,6 +36,9 @@ it wraps, and why each is needed:
 * ``PathMatches._find_groups()``: what tracing tools read to name a route.
 * ``SimpleAsyncHTTPClient._connection_class()``, ``_HTTPConnection`` and
   ``TCPClient._create_stream()``: an outbound request that can be aborted.
+* ``HTTP1Connection._finish_request``, which turns Nagle's algorithm back on after
+  every response: a connection the toolkit serves keeps ``TCP_NODELAY`` on instead
+  (:func:`keep_nodelay` gives its stream its own ``set_nodelay``).
 * ``BaseIOStream._total_write_done_index``: how many bytes of a response the
   kernel has taken, so that a write that makes no progress (a client that
   stopped reading) can be told from a slow one.
@@ -57,6 +60,7 @@ import socket
 import struct
 import sys
 import threading
+import weakref
 from collections.abc import Awaitable
 from typing import Any, Callable, Optional, TypeVar
 
@@ -64,6 +68,7 @@ import tornado
 import tornado.httputil
 import tornado.web
 from tornado.concurrent import Future
+from tornado.http1connection import HTTP1Connection
 from tornado.iostream import IOStream
 from tornado.routing import PathMatches
 from tornado.simple_httpclient import SimpleAsyncHTTPClient, _HTTPConnection
@@ -91,6 +96,7 @@ __all__ = [
     "has_no_body",
     "headers_sent",
     "is_finished",
+    "keep_nodelay",
     "nothing_written",
     "reason_phrase",
     "release_prepare_waiters",
@@ -699,6 +705,72 @@ def body_still_arriving(request: tornado.httputil.HTTPServerRequest) -> bool:
     """Whether a streamed request body is still being received."""
     body: Any = getattr(request, "_body_future", None)
     return body is not None and body is not _RECEIVED_BODY and not body.done()
+
+
+# -- TCP_NODELAY ------------------------------------------------------------------
+
+
+def _resets_nagle(function: object) -> Optional[Any]:
+    code = getattr(function, "__code__", None)
+    return code if code is not None and "set_nodelay" in code.co_names else None
+
+
+#: The code of the HTTP/1 method that turns Nagle's algorithm back on once a
+#: response is sent (``_finish_request`` on 6.4-6.6); None if it no longer does.
+_NAGLE_RESET_AFTER_RESPONSE = _resets_nagle(
+    getattr(HTTP1Connection, "_finish_request", None)
+)
+
+
+class _KeptNodelay:
+    """``set_nodelay`` of a stream whose connection keeps ``TCP_NODELAY`` on.
+
+    Tornado's HTTP/1 connection turns ``TCP_NODELAY`` on when a response
+    finishes, so that its last segment leaves at once, and off again before the
+    next request: two ``setsockopt`` calls, each with a look-up of the socket's
+    family, on every response of a keep-alive connection (about 2 us). Left on,
+    nothing is lost: every response still ends with the flag on, which is what
+    the toggle is for, and asyncio keeps it on for all its TCP transports. So
+    the reset after a response is skipped, and so is a call that asks for the
+    state the socket is already in. Any other call (an application's, a
+    WebSocket's after the upgrade) is carried out as Tornado carries it out.
+    """
+
+    __slots__ = ("on", "stream")
+
+    def __init__(self, stream: IOStream, on: Optional[bool]) -> None:
+        self.stream = weakref.ref(stream)  # the stream holds this object: no cycle
+        #: The flag as last set; None for a socket that is not TCP (a Unix
+        #: socket), where Tornado's method does nothing either.
+        self.on = on
+
+    def __call__(self, value: bool) -> None:
+        on = self.on
+        if on is None or bool(value) is on:
+            return
+        if not value and sys._getframe(1).f_code is _NAGLE_RESET_AFTER_RESPONSE:
+            return
+        stream = self.stream()
+        if stream is not None:
+            type(stream).set_nodelay(stream, value)
+            self.on = bool(value)
+
+
+def keep_nodelay(stream: object) -> None:
+    """Keep ``TCP_NODELAY`` on for the rest of ``stream``'s connection (see
+    :class:`_KeptNodelay`); once per connection, a look-up on later requests."""
+    if type(getattr(stream, "set_nodelay", None)) is _KeptNodelay:
+        return
+    if not isinstance(stream, IOStream) or stream.closed():
+        return
+    on: Optional[bool] = None
+    try:
+        if stream.socket.family in (socket.AF_INET, socket.AF_INET6):
+            stream.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            on = True
+    except OSError:
+        return  # closing under us: Tornado's own toggles stay, harmlessly
+    setattr(stream, "set_nodelay", _KeptNodelay(stream, on))  # noqa: B010
 
 
 # -- outbound HTTP --------------------------------------------------------------------

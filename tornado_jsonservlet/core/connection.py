@@ -102,6 +102,8 @@ class ClientConnectionMixin(tornado_internals.RequestLifecycle):
         if stream is not None and stream.closed() is True:
             self._jsonservlet_client_left()
             return
+        # Tornado toggles TCP_NODELAY twice per response; it stays on instead.
+        tornado_internals.keep_nodelay(stream)
         # Tornado registered ``self.on_connection_close`` as the close callback;
         # ours records the disconnect first, whatever the subclass's hook does.
         set_close_callback = getattr(request.connection, "set_close_callback", None)
