@@ -717,9 +717,7 @@ def _resets_nagle(function: object) -> Optional[Any]:
 
 #: The code of the HTTP/1 method that turns Nagle's algorithm back on once a
 #: response is sent (``_finish_request`` on 6.4-6.6); None if it no longer does.
-_NAGLE_RESET_AFTER_RESPONSE = _resets_nagle(
-    getattr(HTTP1Connection, "_finish_request", None)
-)
+_NAGLE_RESET_AFTER_RESPONSE = _resets_nagle(getattr(HTTP1Connection, "_finish_request", None))
 
 
 class _KeptNodelay:

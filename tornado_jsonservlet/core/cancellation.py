@@ -482,7 +482,7 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
     def _jsonservlet_enter(self, transforms: list[tornado.web.OutputTransform]) -> bool:
         # Tornado runs the whole request (prepare, body, verb) in this task; its
         # cancellation is absorbed in one place, _jsonservlet_absorb.
-        scope = scope_of(self)
+        scope: RequestScope = self._tornado_jsonservlet_scope or scope_of(self)
         scope.task = asyncio.current_task()
         deadline = self._jsonservlet_deadline_seconds()
         if deadline is not None:
@@ -506,7 +506,7 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
         return True
 
     def _jsonservlet_exit(self) -> None:
-        scope = scope_of(self)
+        scope: RequestScope = self._tornado_jsonservlet_scope or scope_of(self)
         _running.discard(self)
         if scope.delivered:
             # The handler swallowed our CancelledError: take back our request so
@@ -532,7 +532,7 @@ class CancelOnDisconnectMixin(SafeWriteMixin):
         super().send_error(status_code, **kwargs)
 
     def _jsonservlet_log(self, write_access_line: Callable[[], None]) -> None:
-        scope = scope_of(self)
+        scope: RequestScope = self._tornado_jsonservlet_scope or scope_of(self)
         reason: Optional[CancelReason] = scope.reason
         if (
             reason is not None

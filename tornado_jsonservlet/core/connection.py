@@ -246,7 +246,7 @@ class ClientConnectionMixin(tornado_internals.RequestLifecycle):
 
     def _jsonservlet_client_left(self) -> None:
         """Record the disconnect. Idempotent; ignored once the request finished."""
-        scope = scope_of(self)
+        scope: RequestScope = self._tornado_jsonservlet_scope or scope_of(self)
         if scope.client_gone or scope.closed_by_server or tornado_internals.is_finished(self):
             return
         scope.client_gone = True

@@ -35,7 +35,7 @@ import tornado.web
 
 from tornado_jsonservlet import tornado_adapter as tornado_internals
 from tornado_jsonservlet.core.safe_output import SafeWriteMixin
-from tornado_jsonservlet.core.scope import SCOPE_DEFAULT, scope_of
+from tornado_jsonservlet.core.scope import SCOPE_DEFAULT, RequestScope, scope_of
 from tornado_jsonservlet.jsonio.bodies import JsonBodyMixin, require
 from tornado_jsonservlet.jsonio.codec import JSON_CONTENT_TYPE, encode
 from tornado_jsonservlet.jsonio.lane import LowPriorityLane, lane_for_running_loop
@@ -186,7 +186,7 @@ def _finish_in_one_write(
         or tornado_internals.body_still_arriving(handler.request)
     ):
         return None
-    scope = scope_of(handler)
+    scope: RequestScope = handler._tornado_jsonservlet_scope or scope_of(handler)
     if scope.reason is not None or scope.client_gone or scope.ended_early:
         return None
     scope.json_response = True

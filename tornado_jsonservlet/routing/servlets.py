@@ -62,7 +62,7 @@ import tornado.web
 from tornado_jsonservlet import tornado_adapter as tornado_internals
 from tornado_jsonservlet.core.cancellation import CancelOnDisconnectMixin
 from tornado_jsonservlet.core.headers import parse_media_type
-from tornado_jsonservlet.core.scope import scope_of
+from tornado_jsonservlet.core.scope import RequestScope, scope_of
 from tornado_jsonservlet.errors.cors import CorsMixin
 from tornado_jsonservlet.errors.exceptions import BadRequest, Forbidden, MethodNotAllowed, NotFound
 from tornado_jsonservlet.errors.rendering import HtmlErrorMixin, JsonErrorMixin
@@ -209,7 +209,7 @@ class _ServletBase(
             or _remembered_route(type(self), request.path)
             or _NO_ROUTE
         )
-        scope_of(self).servlet = _ServletState(route)
+        (self._tornado_jsonservlet_scope or scope_of(self)).servlet = _ServletState(route)
         super().__init__(application, request, **kwargs)
 
     # -- dispatch ----------------------------------------------------------------
@@ -254,7 +254,7 @@ class _ServletBase(
         self.finish()
 
     async def _jsonservlet_dispatch(self, method: str, raw_params: Mapping[str, str]) -> None:
-        scope = scope_of(self)
+        scope: RequestScope = self._tornado_jsonservlet_scope or scope_of(self)
         state: _ServletState = scope.servlet
         if scope.json_body is None:
             # Nothing was streamed (a request without a body, the common case): the
@@ -404,7 +404,7 @@ class _ServletBase(
 
     def _jsonservlet_log(self, write_access_line: Callable[[], None]) -> None:
         super()._jsonservlet_log(write_access_line)
-        metrics = scope_of(self).servlet.route.metrics
+        metrics = (self._tornado_jsonservlet_scope or scope_of(self)).servlet.route.metrics
         if metrics is not None:
             metrics.observe(
                 self.servlet_name,
@@ -483,7 +483,7 @@ class JsonServlet(JsonErrorMixin, JsonResponseMixin, _ServletBase):
         coroutine of its own; an override may be ``async def`` and await
         ``super().send_body(...)``.
         """
-        returns = scope_of(self).servlet.returns
+        returns = (self._tornado_jsonservlet_scope or scope_of(self)).servlet.returns
         if returns is not None and self.request.method != "HEAD":
             msgspec = sys.modules.get("msgspec")
             if msgspec is not None and not isinstance(body, (dict, list)):
