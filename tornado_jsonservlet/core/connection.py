@@ -241,7 +241,8 @@ class ClientConnectionMixin(tornado_internals.RequestLifecycle):
         # finished here, in the request's own task and context, where tracing
         # integrations attached theirs (finishing from the close callback made
         # them fail to detach it).
-        if scope_of(self).client_gone and not tornado_internals.is_finished(self):
+        scope: RequestScope = self._tornado_jsonservlet_scope or scope_of(self)
+        if scope.client_gone and not tornado_internals.is_finished(self):
             self.finish()
 
     def _jsonservlet_client_left(self) -> None:
