@@ -724,20 +724,30 @@ class _KeptNodelay:
     """``set_nodelay`` of a stream whose connection keeps ``TCP_NODELAY`` on.
 
     Tornado's HTTP/1 connection turns ``TCP_NODELAY`` on when a response
-    finishes, so that its last segment leaves at once, and off again before the
-    next request: two ``setsockopt`` calls, each with a look-up of the socket's
-    family, on every response of a keep-alive connection (about 2 us). Left on,
-    nothing is lost: every response still ends with the flag on, which is what
-    the toggle is for, and asyncio keeps it on for all its TCP transports. So
-    the reset after a response is skipped, and so is a call that asks for the
-    state the socket is already in. Any other call (an application's, a
-    WebSocket's after the upgrade) is carried out as Tornado carries it out.
+    finishes, so that its last segment leaves at once, and off again once it is
+    sent: two ``setsockopt`` calls, each with a look-up of the socket's family,
+    on every response of a keep-alive connection (about 2 us). Here the flag is
+    on from the first request the toolkit serves on the connection, as asyncio
+    keeps it on for all its TCP transports: every response still ends with the
+    flag on, which is what the toggle is for, and every response body, streamed
+    ones included, leaves without Nagle's delay (a body of many tiny flushes is
+    sent in more segments; a handler can call ``set_nodelay(False)`` on the
+    stream for its response). So the reset after a response is skipped, except
+    after a 101, where the stream becomes a WebSocket and starts off, as Tornado
+    starts it; so is a call that asks for the state the flag was last set to.
+    Any other call is carried out as Tornado carries it out.
+
+    The flag's state is remembered, not read back from the socket: a change made
+    with ``setsockopt`` directly, rather than through ``set_nodelay``, is not
+    seen. The reset is recognised by its caller's code, read at import; if
+    ``_finish_request`` was replaced by then (by an instrumentation, say), the
+    reset is carried out, as Tornado carries it out.
     """
 
-    __slots__ = ("on", "stream")
+    __slots__ = ("on", "stream_ref")
 
     def __init__(self, stream: IOStream, on: Optional[bool]) -> None:
-        self.stream = weakref.ref(stream)  # the stream holds this object: no cycle
+        self.stream_ref = weakref.ref(stream)  # the stream holds this object: no cycle
         #: The flag as last set; None for a socket that is not TCP (a Unix
         #: socket), where Tornado's method does nothing either.
         self.on = on
@@ -746,12 +756,20 @@ class _KeptNodelay:
         on = self.on
         if on is None or bool(value) is on:
             return
-        if not value and sys._getframe(1).f_code is _NAGLE_RESET_AFTER_RESPONSE:
-            return
-        stream = self.stream()
+        if not value:
+            caller = sys._getframe(1)
+            if caller.f_code is _NAGLE_RESET_AFTER_RESPONSE and not _upgraded(caller):
+                return
+        stream = self.stream_ref()
         if stream is not None:
             type(stream).set_nodelay(stream, value)
             self.on = bool(value)
+
+
+def _upgraded(reset: Any) -> bool:
+    """Whether the response whose reset runs in frame ``reset`` was a 101."""
+    start_line = getattr(reset.f_locals.get("self"), "_response_start_line", None)
+    return getattr(start_line, "code", None) == 101
 
 
 def keep_nodelay(stream: object) -> None:

@@ -21,7 +21,7 @@ import tornado.netutil
 import tornado.web
 import tornado.websocket
 
-from tornado_jsonservlet import JsonServlet, ServletRegistry
+from tornado_jsonservlet import CancelOnDisconnectMixin, JsonServlet, ServletRegistry
 from tornado_jsonservlet import tornado_adapter as tornado_internals
 
 
@@ -51,16 +51,20 @@ class PlainFlag(tornado.web.RequestHandler):
         self.write({"nodelay": _nodelay(self)})
 
 
+def _ws_nodelay(handler: tornado.websocket.WebSocketHandler) -> int:
+    stream: Any = handler.ws_connection.stream  # type: ignore[union-attr]
+    return int(stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+
 class Socket(tornado.websocket.WebSocketHandler):
     def open(self) -> None:
-        before = self.ws_connection.stream.socket.getsockopt(  # type: ignore[union-attr]
-            socket.IPPROTO_TCP, socket.TCP_NODELAY
-        )
-        self.set_nodelay(False)
-        after = self.ws_connection.stream.socket.getsockopt(  # type: ignore[union-attr]
-            socket.IPPROTO_TCP, socket.TCP_NODELAY
-        )
-        self.write_message(f"{int(before)} {int(after)}")
+        before = _ws_nodelay(self)
+        self.set_nodelay(True)  # the application's call, on the detached stream
+        self.write_message(f"{before} {_ws_nodelay(self)}")
+
+
+class ToolkitSocket(CancelOnDisconnectMixin, Socket):
+    pass
 
 
 def _routes() -> list[Any]:
@@ -71,6 +75,7 @@ def _routes() -> list[Any]:
         *registry.urlspecs(catch_all=False),
         (r"/plain", PlainFlag),
         (r"/ws", Socket),
+        (r"/toolkit-ws", ToolkitSocket),
     ]
 
 
@@ -128,25 +133,37 @@ async def test_an_applications_own_call_is_carried_out(port: int) -> None:
     assert bodies == [b'{"nodelay":1}', b'{"nodelay":0}', b'{"nodelay":1}']
 
 
+_UPGRADE = (
+    "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+async def _first_message(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str
+) -> bytes:
+    writer.write(_UPGRADE.format(path=path).encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101 ")
+    frame = await asyncio.wait_for(reader.readexactly(2), 5)
+    assert frame[0] == 0x81  # one unmasked text frame
+    return await asyncio.wait_for(reader.readexactly(frame[1]), 5)
+
+
 @pytest.mark.gen_test(timeout=10)
-async def test_a_websocket_upgraded_on_a_served_connection_sets_its_own_flag(port: int) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        assert (await _exchange(reader, writer, "/flag"))[1] == b'{"nodelay":1}'
-        writer.write(
-            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-        assert head.startswith(b"HTTP/1.1 101 ")
-        frame = await asyncio.wait_for(reader.readexactly(2), 5)
-        assert frame[0] == 0x81  # one unmasked text frame
-        message = await asyncio.wait_for(reader.readexactly(frame[1]), 5)
-        # Still on after the handshake's response; then WebSocketHandler.set_nodelay
-        # (the application's call, on the detached stream) turned it off.
-        assert message == b"1 0"
-    finally:
-        writer.close()
+@pytest.mark.parametrize("path", ["/ws", "/toolkit-ws"])
+async def test_a_websocket_starts_as_tornado_starts_it(port: int, path: str) -> None:
+    # Upgraded on a connection a toolkit response kept the flag on for, or with
+    # the toolkit's mixins itself: the WebSocket starts with Nagle's algorithm
+    # on, as Tornado leaves it after a 101, and its own calls are carried out.
+    for earlier in ([], ["/flag"]):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for flag_path in earlier:
+                assert (await _exchange(reader, writer, flag_path))[1] == b'{"nodelay":1}'
+            assert await _first_message(reader, writer, path) == b"0 1"
+        finally:
+            writer.close()
 
 
 def test_tornado_still_resets_nagle_where_the_adapter_looks() -> None:

@@ -82,6 +82,9 @@ class ClientConnectionMixin(tornado_internals.RequestLifecycle):
     mismatch, is a server error and is *not* counted.
 
     While the client is connected this mixin changes nothing about the handler.
+    It keeps ``TCP_NODELAY`` on for the connection, where Tornado turns it on and
+    off around every response (see ``tornado_adapter.keep_nodelay``): the same
+    bytes, without two system calls per response.
 
     .. versionadded:: 0.1
     """
