@@ -726,10 +726,10 @@ class _KeptNodelay:
     Tornado's HTTP/1 connection turns ``TCP_NODELAY`` on when a response
     finishes, so that its last segment leaves at once, and off again once it is
     sent: two ``setsockopt`` calls, each with a look-up of the socket's family,
-    on every response of a keep-alive connection (about 2 us). Here the flag is
-    on from the first request the toolkit serves on the connection, as asyncio
-    keeps it on for all its TCP transports: every response still ends with the
-    flag on, which is what the toggle is for, and every response body, streamed
+    on every response of a keep-alive connection. Here the flag is on from the
+    first request the toolkit serves on the connection, as asyncio keeps it on
+    for all its TCP transports: every response still ends with the flag on,
+    which is what the toggle is for, and every response body, streamed
     ones included, leaves without Nagle's delay (a body of many tiny flushes is
     sent in more segments; a handler can call ``set_nodelay(False)`` on the
     stream for its response). So the reset after a response is skipped, except
