@@ -166,12 +166,25 @@ class WithAttributeHooks(Everything):
         super().__setattr__(name, value)
 
 
+class WithGetattribute(Everything):
+    """An application that watches every attribute read: it sees Tornado's own
+    private reads (``_finished``, ``_headers``) and the toolkit's alike, and the
+    handler answers exactly as without the hook."""
+
+    read: ClassVar[set[str]] = set()
+
+    def __getattribute__(self, name: str) -> Any:
+        WithGetattribute.read.add(name)
+        return super().__getattribute__(name)
+
+
 @pytest.fixture
 def app(probe: Probe) -> tornado.web.Application:
     return tornado.web.Application(
         [
             ("/all", Everything, {"probe": probe}),
             ("/hooks", WithAttributeHooks, {"probe": probe}),
+            ("/getattribute", WithGetattribute, {"probe": probe}),
             ("/plain", Plain, {"probe": probe}),
             ("/r", Reasons, {"probe": probe}),
         ],
@@ -285,6 +298,24 @@ async def test_an_applications_attribute_hooks_never_see_the_scope(http_client, 
     assert SCOPE_ATTRIBUTE not in WithAttributeHooks.asked
     assert SCOPE_ATTRIBUTE not in WithAttributeHooks.assigned
     assert "probe" in WithAttributeHooks.assigned  # the hook did run, for the user's own
+
+
+async def test_a_getattribute_hook_changes_nothing(http_client, base_url, probe):
+    WithGetattribute.read.clear()
+    answers = []
+    for path in ("/all", "/getattribute"):
+        ok = await http_client.fetch(f"{base_url}{path}", headers={"X-Request-ID": "r-2"})
+        bad = await http_client.fetch(
+            f"{base_url}{path}",
+            method="POST",
+            body=b"{",
+            raise_error=False,
+            headers={"Content-Type": "application/json", "X-Request-ID": "r-2"},
+        )
+        answers.append((ok.code, ok.body, bad.code, bad.body))
+    assert answers[0] == answers[1]
+    assert answers[0][:1] == (200,)
+    assert {"_finished", "_headers"} <= WithGetattribute.read  # the hook did run
 
 
 def test_every_public_mixin_declares_the_scope_on_the_class() -> None:

@@ -152,7 +152,8 @@ def scope_of(handler: tornado.web.RequestHandler) -> RequestScope:
     created the scope: whichever asks first creates it. The steps every request
     takes read it as ``self._tornado_jsonservlet_scope or scope_of(self)``: their
     classes declare the attribute, so the read never reaches an application's
-    ``__getattr__``, and it costs far less than this call.
+    ``__getattr__``, and it costs far less than this call. (An application's
+    ``__getattribute__`` sees that read, as it sees Tornado's own ``_finished``.)
     """
     # A generic attribute read, not handler.__dict__: asking an instance for its
     # __dict__ makes CPython 3.11+ build one, after which every attribute access on
