@@ -729,10 +729,10 @@ class _KeptNodelay:
     on every response of a keep-alive connection. Here the flag is on from the
     first request the toolkit serves on the connection, as asyncio keeps it on
     for all its TCP transports: every response still ends with the flag on,
-    which is what the toggle is for, and every response body, streamed
-    ones included, leaves without Nagle's delay (a body of many tiny flushes is
-    sent in more segments; a handler can call ``set_nodelay(False)`` on the
-    stream for its response). So the reset after a response is skipped, except
+    which is what the toggle is for, and every response body, streamed ones
+    included, leaves without Nagle's delay (a body of many tiny flushes is sent
+    in more segments; a handler can call ``set_nodelay(False)`` on the stream
+    for its response). So the reset after a response is skipped, except
     after a 101, where the stream becomes a WebSocket and starts off, as Tornado
     starts it; so is a call that asks for the state the flag was last set to.
     Any other call is carried out as Tornado carries it out.
